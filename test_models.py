@@ -1,0 +1,713 @@
+"""The specification of cyclegan.py, pixelgan.py and data.py, as tests. Small sizes and widths keep
+the whole file to a few minutes on two CPU cores."""
+import json, os, pickle, subprocess, sys
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import cyclegan, data, pixelgan
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+count = lambda net: sum(p.numel() for p in net.parameters())
+
+def run(script, *args, check=True, **kw):
+    """Run a script the way a user does; returns the finished process (stdout + stderr in .out)."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True, **kw)
+    p.out = p.stdout + p.stderr
+    if check:
+        assert p.returncode == 0, p.out
+    return p
+
+def save_image(path, size=(40, 32), mode='RGB', seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img = Image.fromarray(arr)
+    if mode == 'I;16':
+        img = Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
+    elif mode != 'RGB':
+        img = img.convert(mode)
+    img.save(path)
+
+# -----------------------------------------------------------------------------
+# networks: the official layouts, parameter counts and state_dict keys (REFERENCE.md)
+
+@pytest.mark.parametrize('make, params, keys', [
+    (lambda: cyclegan.ResnetGenerator(norm='instance', n_blocks=9), 11_378_179, 48),
+    (lambda: cyclegan.ResnetGenerator(norm='batch', n_blocks=9), 11_383_427, 140),
+    (lambda: cyclegan.ResnetGenerator(norm='instance', n_blocks=6), 7_837_699, 36),
+    (lambda: cyclegan.NLayerDiscriminator(3, norm='instance'), 2_764_737, 10),
+    (lambda: cyclegan.PixelDiscriminator(3, norm='instance'), 8_705, 6),
+    (lambda: cyclegan.PixelDiscriminator(3, norm='batch'), 8_832, 9),
+    (lambda: pixelgan.UnetGenerator(num_downs=8, norm='batch'), 54_413_955, 82),
+    (lambda: pixelgan.UnetGenerator(num_downs=8, norm='instance'), 54_409_603, 32),
+    (lambda: pixelgan.UnetGenerator(num_downs=7, norm='batch'), 41_828_995, 70),
+    (lambda: pixelgan.ResnetGenerator(norm='instance', n_blocks=9), 11_378_179, 48),
+    (lambda: pixelgan.NLayerDiscriminator(6, norm='batch'), 2_768_705, 22),
+    (lambda: pixelgan.PixelDiscriminator(6, norm='batch'), 9_024, 9),
+    (lambda: pixelgan.PixelDiscriminator(6, norm='instance'), 8_897, 6),
+])
+def test_parameter_counts_and_state_dict_keys_match_the_official_networks(make, params, keys):
+    net = make()
+    assert count(net) == params
+    assert len(net.state_dict()) == keys
+
+@pytest.mark.parametrize('n_layers, params', [(1, 139_585), (2, 666_433), (4, 6_964_033), (5, 11_159_361)])
+def test_n_layer_discriminator_counts(n_layers, params):
+    assert count(pixelgan.NLayerDiscriminator(6, n_layers=n_layers, norm='batch')) == params
+
+def test_official_key_names():
+    G = cyclegan.ResnetGenerator(norm='instance')
+    assert {'model.1.weight', 'model.10.conv_block.1.weight', 'model.10.conv_block.5.weight', 'model.19.weight',
+            'model.22.weight', 'model.26.bias'} <= set(G.state_dict())
+    U = pixelgan.UnetGenerator(num_downs=8, ngf=4)
+    assert {'model.model.0.weight', 'model.model.1.model.1.weight', 'model.model.3.bias'} <= set(U.state_dict())
+    assert {'model.0.weight', 'model.2.weight', 'model.3.weight', 'model.11.weight'} <= set(pixelgan.NLayerDiscriminator(ndf=4).state_dict())
+
+@pytest.mark.parametrize('netD, n_layers, side', [('basic', 3, 30), ('n_layers', 1, 126), ('n_layers', 2, 62),
+                                                  ('n_layers', 4, 14), ('n_layers', 5, 6), ('pixel', 3, 256)])
+def test_discriminator_output_shapes_on_256(netD, n_layers, side):
+    args, _ = cyclegan.parse_args(['--dataroot', 'x', '--netD', netD, '--n_layers_D', str(n_layers), '--ndf', '4'])
+    assert cyclegan.build_discriminator(args)(torch.zeros(1, 3, 256, 256)).shape == (1, 1, side, side)
+
+@pytest.mark.parametrize('netD, n_layers, field', [('pixel', 3, 1), ('n_layers', 1, 16), ('basic', 3, 70)])
+def test_discriminator_receptive_fields_measured_by_gradient(netD, n_layers, field):
+    args, _ = pixelgan.parse_args(['--dataroot', 'x', '--netD', netD, '--n_layers_D', str(n_layers), '--ndf', '4', '--norm', 'none'])
+    D = pixelgan.build_discriminator(args)
+    x = torch.randn(1, 6, 160, 160, requires_grad=True)
+    out = D(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows, cols = torch.nonzero(x.grad.abs().sum((0, 1)), as_tuple=True)
+    assert rows.max() - rows.min() + 1 == field and cols.max() - cols.min() + 1 == field
+
+def test_generators_keep_the_input_size():
+    assert cyclegan.ResnetGenerator(ngf=4, n_blocks=6)(torch.zeros(1, 3, 36, 52)).shape == (1, 3, 36, 52)
+    assert pixelgan.UnetGenerator(num_downs=7, ngf=4)(torch.zeros(2, 3, 128, 256)).shape == (2, 3, 128, 256)
+    with pytest.raises(RuntimeError):  # 7 downsamplings of 64 pixels: the bottleneck has no pixels left
+        pixelgan.UnetGenerator(num_downs=7, ngf=4)(torch.zeros(2, 3, 64, 64))
+
+def test_init_is_normal_0_02():
+    torch.manual_seed(0)
+    args, _ = cyclegan.parse_args(['--dataroot', 'x', '--norm', 'batch'])
+    G = cyclegan.build_generator(args)
+    w = G.model[4].weight
+    assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 1e-3
+    assert abs(G.model[5].weight.mean().item() - 1) < 0.01 and G.model[5].bias.abs().sum() == 0
+
+def test_one_batched_call_equals_separate_calls_with_instance_norm():
+    torch.manual_seed(0)
+    G_A, G_B = cyclegan.ResnetGenerator(ngf=4, n_blocks=2), cyclegan.ResnetGenerator(ngf=4, n_blocks=2)
+    A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    batched = cyclegan.Generators(G_A, G_B, batch_calls=True)(A, B)
+    separate = cyclegan.Generators(G_A, G_B, batch_calls=False)(A, B)
+    for x, y in zip(batched, separate):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    D = cyclegan.Discriminators(cyclegan.NLayerDiscriminator(ndf=4), cyclegan.NLayerDiscriminator(ndf=4), True, 'lsgan')
+    D_sep = cyclegan.Discriminators(D.D_A, D.D_B, False, 'lsgan')
+    torch.testing.assert_close(torch.stack(D(A, B, A.flip(0), B.flip(0))), torch.stack(D_sep(A, B, A.flip(0), B.flip(0))))
+
+# -----------------------------------------------------------------------------
+# losses, pool, schedule
+
+def test_gan_losses():
+    pred = torch.tensor([[0.0, 2.0]])
+    assert cyclegan.gan_loss(pred, True, 'lsgan').item() == pytest.approx((1 + 1) / 2)
+    assert cyclegan.gan_loss(pred, False, 'lsgan').item() == pytest.approx((0 + 4) / 2)
+    assert cyclegan.gan_loss(pred, True, 'vanilla').item() == pytest.approx(F.softplus(-pred).mean().item())
+    assert cyclegan.gan_loss(pred, True, 'wgangp').item() == -1.0
+
+def test_gradient_penalty_is_zero_for_a_unit_gradient_critic():
+    D = lambda x: x.sum((1, 2, 3)) / x[0].numel() ** 0.5  # ||grad|| = 1 everywhere
+    assert cyclegan.gradient_penalty(D, torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)).item() == pytest.approx(0, abs=1e-6)
+    D2 = lambda x: 2 * D(x)
+    assert cyclegan.gradient_penalty(D2, torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)).item() == pytest.approx(10.0)
+
+def test_image_pool_semantics():
+    torch.manual_seed(0)
+    assert torch.equal(cyclegan.ImagePool(0).query(torch.ones(2, 1)), torch.ones(2, 1))
+    pool = cyclegan.ImagePool(4)
+    first = torch.arange(4.0)[:, None]
+    assert torch.equal(pool.query(first), first)  # filling up: images come straight back
+    assert len(pool.images) == 4
+    returned_old = 0
+    for i in range(200):
+        new = torch.tensor([[100.0 + i]])
+        before = torch.stack(pool.images).flatten().tolist()
+        out = pool.query(new).item()
+        assert len(pool.images) == 4
+        if out != new.item():  # an old image came back, and the new one took its place
+            assert out in before and new.item() in torch.stack(pool.images).flatten().tolist()
+            returned_old += 1
+    assert 70 < returned_old < 130  # probability one half
+
+def test_learning_rate_schedule_boundaries():
+    f = lambda e: cyclegan.lr_factor(e, 100, 100)
+    assert f(0) == f(98) == 1.0
+    assert f(99) == 1.0  # the last constant epoch
+    assert f(100) == pytest.approx(1 - 1 / 101)
+    assert f(199) == pytest.approx(1 / 101)
+    assert [pixelgan.lr_factor(e, 1, 2) for e in range(3)] == [1.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]
+
+# -----------------------------------------------------------------------------
+# data
+
+def test_every_supported_format_loads_as_rgb(tmp_path):
+    kinds = {'a.jpg': 'RGB', 'b.JPEG': 'L', 'c.png': 'RGBA', 'd.PNG': 'P', 'e.ppm': 'RGB', 'f.bmp': 'RGB',
+             'g.tif': 'CMYK', 'h.tiff': 'RGB', 'sub/i.png': 'I;16', 'j.png': 'LA'}
+    for i, (name, mode) in enumerate(kinds.items()):
+        save_image(str(tmp_path / 'trainA' / name), mode=mode, seed=i)
+    (tmp_path / 'trainA' / 'notes.txt').write_text('not an image')
+    save_image(str(tmp_path / 'trainB' / 'x.png'))
+    ds = data.UnpairedFolders(str(tmp_path), 'train', data.Transform('resize_and_crop', 36, 32), seed=0)
+    assert len(ds.A) == len(kinds) and len(ds) == len(kinds)  # recursive, any case, text file ignored
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item['A'].shape == item['B'].shape == (3, 32, 32)
+        assert -1 <= item['A'].min() and item['A'].max() <= 1
+    big = data.load_image(str(tmp_path / 'trainA' / 'sub' / 'i.png'))
+    assert big.mode == 'RGB' and np.asarray(big).max() > 200  # 16-bit rescaled, not clipped to white
+
+def test_unpaired_epoch_is_max_of_domains_with_b_random_or_serial(tmp_path):
+    for i in range(5):
+        save_image(str(tmp_path / 'trainA' / f'{i}.png'), seed=i)
+    for i in range(2):
+        save_image(str(tmp_path / 'trainB' / f'{i}.png'), seed=10 + i)
+    tf = data.Transform('none', train=False)
+    ds = data.UnpairedFolders(str(tmp_path), 'train', tf, serial=True)
+    assert len(ds) == 5
+    assert torch.equal(ds[3]['B'], ds[1]['B'])  # in order, wrapping around
+    ds = data.UnpairedFolders(str(tmp_path), 'train', tf, serial=False, seed=1)
+    assert torch.equal(ds[4]['B'], ds[4]['B'])  # random, but the same for the same (seed, epoch, index)
+
+@pytest.mark.parametrize('case', ['missing', 'empty', 'zero_bytes', 'truncated', 'not_an_image'])
+def test_broken_data_is_one_clear_error_naming_the_path(tmp_path, case):
+    save_image(str(tmp_path / 'trainB' / 'ok.png'))
+    (tmp_path / 'trainA').mkdir()
+    bad = tmp_path / 'trainA' / 'bad.jpg'
+    if case == 'zero_bytes':
+        bad.write_bytes(b'')
+    elif case == 'truncated':
+        save_image(str(bad), size=(64, 64)); bad.write_bytes(bad.read_bytes()[:300])
+    elif case == 'not_an_image':
+        bad.write_text('hello')
+    elif case == 'missing':
+        (tmp_path / 'trainA').rmdir()
+    tf = data.Transform('resize_and_crop', 36, 32)
+    with pytest.raises(data.DataError) as e:
+        data.UnpairedFolders(str(tmp_path), 'train', tf)[0]
+    assert str(tmp_path / 'trainA') in str(e.value) and '\n' not in str(e.value)
+
+def test_crop_larger_than_image_is_an_error_at_startup(tmp_path):
+    save_image(str(tmp_path / 'trainA' / 'small.png'), size=(20, 20))
+    save_image(str(tmp_path / 'trainB' / 'ok.png'), size=(64, 64))
+    with pytest.raises(data.DataError, match='small.png.*smaller than --crop_size 32'):
+        data.UnpairedFolders(str(tmp_path), 'train', data.Transform('crop', crop_size=32))
+    with pytest.raises(data.DataError, match='--crop_size 64 is larger than --load_size 32'):
+        data.Transform('resize_and_crop', 32, 64)
+    assert data.UnpairedFolders(str(tmp_path), 'train', data.Transform('resize_and_crop', 36, 32))[0]['A'].shape == (3, 32, 32)
+
+def test_paired_side_by_side_gets_identical_crops_and_flips(tmp_path):
+    half = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    for i in range(3):
+        os.makedirs(tmp_path / 'train', exist_ok=True)
+        Image.fromarray(np.concatenate([half, half, half[:, :1]], 1)).save(tmp_path / 'train' / f'{i}.png')  # odd width
+    ds = data.PairedFolders(str(tmp_path), 'train', data.Transform('resize_and_crop', 40, 24), seed=0)
+    crops = set()
+    for epoch in range(4):
+        ds.epoch = epoch
+        for i in range(3):
+            item = ds[i]
+            assert item['A'].shape == (3, 24, 24) and torch.equal(item['A'], item['B'])
+            crops.add(item['A'].sum().item())
+    assert len(crops) > 3  # the crops really are random
+
+def test_paired_folders_match_by_name_and_swap_with_direction(tmp_path):
+    for name, seed in [('x', 1), ('y', 2)]:
+        save_image(str(tmp_path / 'A' / 'train' / f'{name}.png'), seed=seed)
+        save_image(str(tmp_path / 'B' / 'train' / f'{name}.jpg'), seed=seed + 10)
+    tf = data.Transform('none', train=False)
+    ab = data.PairedFolders(str(tmp_path), 'train', tf)
+    ba = data.PairedFolders(str(tmp_path), 'train', tf, direction='BtoA')
+    assert torch.equal(ab[1]['A'], ba[1]['B']) and torch.equal(ab[1]['B'], ba[1]['A'])
+    save_image(str(tmp_path / 'A' / 'train' / 'z.png'))
+    with pytest.raises(data.DataError, match='z.png: no image of the same name'):
+        data.PairedFolders(str(tmp_path), 'train', tf)
+
+def test_sampler_shards_reshuffles_and_resumes():
+    shards = [list(data.EpochSampler(10, seed=0, rank=r, world=3)) for r in range(3)]
+    assert all(len(s) == 4 for s in shards) and set(sum(shards, [])) == set(range(10))
+    s = data.EpochSampler(10, seed=0)
+    epoch0 = list(s); s.epoch = 1
+    assert sorted(list(s)) == list(range(10)) and list(s) != epoch0
+    full = list(s)
+    s.start = 4
+    assert list(s) == full[4:] and len(s) == 6
+
+def test_synthetic_datasets_are_deterministic_with_hidden_truth():
+    test = data.Synthetic(32, paired=False, train=False)
+    a, b = test[3]['A'], test[3]['B']
+    assert torch.equal(a, data.Synthetic(32, paired=False, train=False)[3]['A'])
+    assert not torch.equal(a, b) and (a - b).abs().max() > 0.5  # stripes, not a colour shift of the whole image
+    same = (a == b).all(0)
+    assert 0.2 < same.float().mean() < 0.95  # the background is shared, the objects differ
+    paired = data.Synthetic(32, paired=True, train=False)[0]
+    assert paired['A'].shape == paired['B'].shape == (3, 32, 32)
+    assert cyclegan.psnr(paired['A'][None], paired['B'][None]).item() < 25
+
+# -----------------------------------------------------------------------------
+# the command line, end to end (tiny widths and images)
+
+TINY_CYCLEGAN = ['--crop_size', 32, '--load_size', 32, '--ngf', 4, '--ndf', 4, '--num_threads', 0, '--print_freq', 2,
+                 '--display_freq', 2, '--eval_freq', 4, '--save_latest_freq', 2]
+
+def test_cyclegan_trains_resumes_and_translates(tmp_path):
+    out = tmp_path / 'out'
+    p = run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--out_dir', out, '--tensorboard')
+    assert f"G_A parameters: {count(cyclegan.ResnetGenerator(ngf=4, n_blocks=6))}" in p.out
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(out / 'tensorboard'))
+    assert 'built-in synthetic task' in p.out and 'psnr_AtoB' in p.out and 'psnr_identity' in p.out
+    log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert {'step', 'lr', 'images_per_s', 'G_A', 'cycle_A', 'idt_B', 'D_A'} <= set(log[0]) and log[0]['step'] == 2
+    assert any('ssim_AtoB' in r for r in log)
+    assert (out / 'samples_0000004.png').exists() and not (out / 'ckpt.pt.tmp').exists()
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ckpt['step'] == 4 and {'G_A', 'G_B', 'D_A', 'D_B', 'opt_G', 'opt_D', 'pool_A', 'pool_B', 'rng_cpu', 'args'} <= set(ckpt)
+
+    p = run('cyclegan.py', '--resume', '--out_dir', out, '--max_iters', 6)
+    assert 'resumed' in p.out and 'iteration 4' in p.out
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['step'] == 6
+
+    photos = tmp_path / 'photos'
+    save_image(str(photos / 'a.jpg'), size=(37, 23))
+    save_image(str(photos / 'nested' / 'b.png'), size=(50, 41), mode='L')
+    for direction in ('AtoB', 'BtoA'):
+        res = tmp_path / f'res_{direction}'
+        run('cyclegan.py', '--translate', photos, '--ckpt', out / 'ckpt.pt', '--results_dir', res, '--direction', direction)
+        assert Image.open(res / 'a.png').size == (37, 23) and Image.open(res / 'nested' / 'b.png').size == (50, 41)
+        assert 'nested/b.png' in (res / 'index.html').read_text()
+    a, b = np.asarray(Image.open(tmp_path / 'res_AtoB' / 'a.png')), np.asarray(Image.open(tmp_path / 'res_BtoA' / 'a.png'))
+    assert not np.array_equal(a, b)  # BtoA really uses the other generator
+
+def make_unpaired(root, n=3, size=40):
+    for d in ('trainA', 'trainB', 'testA', 'testB'):
+        for i in range(n):
+            save_image(str(root / d / f'{i}.png'), size=(size, size), seed=hash(d) % 1000 + i)
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, workers):
+    make_unpaired(tmp_path / 'data')  # 3 images: 6 iterations cross epochs and the lr decay
+    common = ['--dataroot', tmp_path / 'data', *TINY_CYCLEGAN, '--num_threads', workers, '--pool_size', 2,
+              '--n_epochs', 1, '--n_epochs_decay', 2, '--load_size', 36]
+    run('cyclegan.py', *common, '--max_iters', 6, '--out_dir', tmp_path / 'straight')
+    run('cyclegan.py', *common, '--max_iters', 3, '--out_dir', tmp_path / 'resumed')
+    run('cyclegan.py', '--resume', '--max_iters', 6, '--out_dir', tmp_path / 'resumed')
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('straight', 'resumed'))
+    assert a['step'] == b['step'] == 6 and a['epoch'] == b['epoch'] == 1 and a['epoch_iter'] == 3  # end of the 2nd epoch
+    for k in ('G_A', 'G_B', 'D_A', 'D_B'):
+        for name in a[k]:
+            assert torch.equal(a[k][name], b[k][name]), (k, name)
+    assert all(torch.equal(x, y) for x, y in zip(a['pool_A'], b['pool_A']))
+
+def test_resume_refuses_another_architecture_or_script(tmp_path):
+    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path)
+    p = run('cyclegan.py', '--resume', '--out_dir', tmp_path, '--ngf', 8, '--norm', 'batch', check=False)
+    assert p.returncode == 1 and '--ngf 8 (checkpoint: 4)' in p.out and '--norm batch (checkpoint: instance)' in p.out
+    assert 'Traceback' not in p.out
+    with pytest.raises(SystemExit, match='not a pixelgan.py checkpoint but a cyclegan.py one'):
+        pixelgan.resume_args(*pixelgan.parse_args(['--resume']), str(tmp_path / 'ckpt.pt'))
+    with pytest.raises(SystemExit, match='no such checkpoint'):
+        cyclegan.resume_args(*cyclegan.parse_args(['--resume']), str(tmp_path / 'nothing.pt'))
+
+def test_bad_dataroot_stops_before_training_with_one_line(tmp_path):
+    make_unpaired(tmp_path)
+    (tmp_path / 'trainB' / '1.png').write_bytes(b'\x89PNG broken')
+    p = run('cyclegan.py', '--dataroot', tmp_path, *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path / 'o', check=False)
+    assert p.returncode == 1 and 'Traceback' not in p.out
+    assert p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'trainB' / '1.png'}: cannot read image")
+    assert not (tmp_path / 'o' / 'ckpt.pt').exists()
+
+def test_official_generator_files_load_with_module_prefix_and_legacy_instance_norm_keys(tmp_path):
+    torch.manual_seed(0)
+    G = cyclegan.ResnetGenerator(ngf=8, n_blocks=9)
+    sd = {'module.' + k: v for k, v in G.state_dict().items()}
+    sd['module.model.2.running_mean'] = torch.zeros(8)  # what old official files carry under InstanceNorm
+    sd['module.model.10.conv_block.2.num_batches_tracked'] = torch.tensor(0)
+    torch.save(sd, tmp_path / 'official.pth')
+    loaded = cyclegan.generator_from_file(str(tmp_path / 'official.pth'))
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), G(x))
+    U = pixelgan.UnetGenerator(num_downs=7, ngf=4, norm='batch').eval()
+    torch.save({'module.' + k: v for k, v in U.state_dict().items()}, tmp_path / 'unet.pth')
+    loaded, netG = pixelgan.generator_from_file(str(tmp_path / 'unet.pth'))
+    assert netG == 'unet_128'
+    x = torch.randn(1, 3, 128, 128)
+    torch.testing.assert_close(loaded.eval()(x), U(x))
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    with open(tmp_path / 'evil.pt', 'wb') as f:
+        pickle.dump({'G_A': Evil()}, f, protocol=2)
+    for module in (cyclegan, pixelgan):
+        with pytest.raises(SystemExit, match='would run code'):
+            module.generator_from_file(str(tmp_path / 'evil.pt'))
+    p = run('cyclegan.py', '--resume', '--ckpt', tmp_path / 'evil.pt', check=False)
+    assert p.returncode == 1 and 'would run code' in p.out and 'Traceback' not in p.out
+    assert not marker.exists()
+
+# -----------------------------------------------------------------------------
+# pixelgan.py
+
+TINY_PIXELGAN = ['--netG', 'unet_128', '--crop_size', 128, '--load_size', 128, '--ngf', 4, '--ndf', 4, '--num_threads', 0,
+                 '--print_freq', 2, '--display_freq', 2, '--eval_freq', 4, '--save_latest_freq', 2]
+
+def test_pixelgan_trains_resumes_translates_and_evaluates(tmp_path):
+    out = tmp_path / 'out'
+    p = run('pixelgan.py', *TINY_PIXELGAN, '--max_iters', 4, '--out_dir', out, '--netD', 'pixel')
+    assert f"G parameters: {count(pixelgan.UnetGenerator(num_downs=7, ngf=4))}" in p.out
+    assert f"D parameters: {count(pixelgan.PixelDiscriminator(6, ndf=4))}" in p.out
+    assert 'psnr_input' in p.out and (out / 'samples_0000004.png').exists()
+    log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert {'G_GAN', 'G_L1', 'D', 'lr'} <= set(log[0]) and any('ssim' in r for r in log)
+    p = run('pixelgan.py', '--resume', '--out_dir', out, '--max_iters', 6)
+    assert 'iteration 4' in p.out and torch.load(out / 'ckpt.pt', weights_only=True)['step'] == 6
+
+    save_image(str(tmp_path / 'in' / 'odd.png'), size=(100, 70))
+    run('pixelgan.py', '--translate', tmp_path / 'in' / 'odd.png', '--ckpt', out / 'ckpt.pt', '--results_dir', tmp_path / 'res')
+    assert Image.open(tmp_path / 'res' / 'odd.png').size == (100, 70)
+
+    p = run('pixelgan.py', '--eval_only', '--ckpt', out / 'ckpt.pt', '--out_dir', out)
+    scores = json.loads((out / 'log.jsonl').read_text().splitlines()[-1])
+    assert {'l1', 'psnr', 'ssim', 'l1_input', 'psnr_input', 'ssim_input'} <= set(scores)
+    assert f"psnr {scores['psnr']:.4f}" in p.out
+
+def test_pixelgan_on_a_paired_folder_dataset(tmp_path):
+    for phase, n in (('train', 2), ('val', 2)):
+        for i in range(n):
+            save_image(str(tmp_path / 'A' / phase / f'{i}.png'), size=(140, 140), seed=i)
+            save_image(str(tmp_path / 'B' / phase / f'{i}.png'), size=(140, 140), seed=i + 5)
+    p = run('pixelgan.py', '--dataroot', tmp_path, *TINY_PIXELGAN, '--max_iters', 2, '--out_dir', tmp_path / 'o',
+            '--direction', 'BtoA', '--netD', 'n_layers', '--n_layers_D', 1, '--load_size', 140)
+    assert 'eval at iter 2' in p.out and 'psnr' in p.out
+
+def test_pixelgan_eval_mode_is_deterministic_and_paper_mode_is_not():
+    torch.manual_seed(0)
+    G, x = pixelgan.UnetGenerator(num_downs=7, ngf=4), torch.randn(2, 3, 128, 128)
+    G(x)  # one training-mode pass fills the batch norm running statistics
+    with torch.no_grad(), pixelgan.test_mode(G, train_mode=False):
+        assert torch.equal(G(x), G(x))
+    with torch.no_grad(), pixelgan.test_mode(G, train_mode=True):
+        assert not torch.equal(G(x), G(x))  # dropout stays on, as in the paper
+    assert G.training  # restored
+
+def test_translate_explains_files_it_cannot_use(tmp_path):
+    torch.save(cyclegan.NLayerDiscriminator(ndf=4).state_dict(), tmp_path / 'd.pth')
+    torch.save({'weights': torch.zeros(3)}, tmp_path / 'random.pth')
+    torch.save(pixelgan.UnetGenerator(num_downs=7, ngf=4).state_dict(), tmp_path / 'unet.pth')
+    for module in (cyclegan, pixelgan):
+        for f, says in (('d.pth', 'a discriminator'), ('random.pth', 'not a generator state_dict')):
+            with pytest.raises(SystemExit, match=says):
+                module.generator_from_file(str(tmp_path / f))
+    with pytest.raises(SystemExit, match='use pixelgan.py'):
+        cyclegan.generator_from_file(str(tmp_path / 'unet.pth'))
+    save_image(str(tmp_path / 'img' / 'a.png'))
+    p = run('cyclegan.py', '--translate', tmp_path / 'img', '--ckpt', tmp_path / 'd.pth', check=False)
+    assert p.returncode == 1 and p.stderr.strip() == f"error: {tmp_path / 'd.pth'}: a discriminator; cyclegan.py --translate needs a ResNet generator"
+
+# -----------------------------------------------------------------------------
+# the same outputs as the official networks, from state_dicts built to the official key layout
+
+def official_resnet_state_dict(ngf=4, n_blocks=6, gen=None):
+    """Keys and shapes as REFERENCE.md describes the official ResNet generator (instance norm)."""
+    r = lambda *shape: torch.randn(*shape, generator=gen) * 0.1
+    sd = {'model.1.weight': r(ngf, 3, 7, 7), 'model.1.bias': r(ngf),
+          'model.4.weight': r(2 * ngf, ngf, 3, 3), 'model.4.bias': r(2 * ngf),
+          'model.7.weight': r(4 * ngf, 2 * ngf, 3, 3), 'model.7.bias': r(4 * ngf)}
+    for b in range(10, 10 + n_blocks):
+        for i in (1, 5):
+            sd[f'model.{b}.conv_block.{i}.weight'], sd[f'model.{b}.conv_block.{i}.bias'] = r(4 * ngf, 4 * ngf, 3, 3), r(4 * ngf)
+    u = 10 + n_blocks
+    sd.update({f'model.{u}.weight': r(4 * ngf, 2 * ngf, 3, 3), f'model.{u}.bias': r(2 * ngf),
+               f'model.{u + 3}.weight': r(2 * ngf, ngf, 3, 3), f'model.{u + 3}.bias': r(ngf),
+               f'model.{u + 7}.weight': r(3, ngf, 7, 7), f'model.{u + 7}.bias': r(3)})
+    return sd
+
+def official_resnet_forward(sd, x, n_blocks):
+    """The official ResNet generator written out as plain functions, layer by layer."""
+    pad = lambda x, p: F.pad(x, (p,) * 4, mode='reflect')
+    conv = lambda x, k, **kw: F.conv2d(x, sd[k + '.weight'], sd[k + '.bias'], **kw)
+    up = lambda x, k: F.conv_transpose2d(x, sd[k + '.weight'], sd[k + '.bias'], stride=2, padding=1, output_padding=1)
+    x = F.relu(F.instance_norm(conv(pad(x, 3), 'model.1')))
+    x = F.relu(F.instance_norm(conv(x, 'model.4', stride=2, padding=1)))
+    x = F.relu(F.instance_norm(conv(x, 'model.7', stride=2, padding=1)))
+    for b in range(10, 10 + n_blocks):
+        y = F.relu(F.instance_norm(conv(pad(x, 1), f'model.{b}.conv_block.1')))
+        x = x + F.instance_norm(conv(pad(y, 1), f'model.{b}.conv_block.5'))
+    u = 10 + n_blocks
+    x = F.relu(F.instance_norm(up(x, f'model.{u}')))
+    x = F.relu(F.instance_norm(up(x, f'model.{u + 3}')))
+    return torch.tanh(conv(pad(x, 3), f'model.{u + 7}'))
+
+def official_unet_state_dict(ngf=4, num_downs=7, gen=None):
+    """Keys and shapes of the official U-Net with batch norm (REFERENCE.md), random running stats."""
+    r = lambda *shape: torch.randn(*shape, generator=gen) * 0.1
+    bn = lambda k, c: {f'{k}.weight': 1 + r(c), f'{k}.bias': r(c), f'{k}.running_mean': r(c),
+                       f'{k}.running_var': 1 + r(c).abs(), f'{k}.num_batches_tracked': torch.tensor(1)}
+    widths = [ngf * min(2 ** i, 8) for i in range(num_downs)]  # 64, 128, 256, 512, 512, ...
+    sd = {'model.model.0.weight': r(widths[0], 3, 4, 4), 'model.model.3.weight': r(2 * widths[0], 3, 4, 4), 'model.model.3.bias': r(3)}
+    p = 'model.model.1.model.'
+    for level in range(1, num_downs):
+        outer, inner = widths[level - 1], widths[level]
+        sd[p + '1.weight'] = r(inner, outer, 4, 4)
+        if level == num_downs - 1:  # innermost
+            sd[p + '3.weight'] = r(inner, outer, 4, 4); sd.update(bn(p + '4', outer))
+        else:
+            sd.update(bn(p + '2', inner)); sd[p + '5.weight'] = r(2 * inner, outer, 4, 4); sd.update(bn(p + '6', outer))
+            p += '3.model.'
+    return sd
+
+def official_unet_forward(sd, x, num_downs):
+    """The official U-Net in eval mode as plain functions. Its in-place LeakyReLU makes each skip
+    connection carry LeakyReLU(x), not x."""
+    bn = lambda x, k: F.batch_norm(x, sd[k + '.running_mean'], sd[k + '.running_var'], sd[k + '.weight'], sd[k + '.bias'])
+    down = lambda x, k: F.conv2d(F.leaky_relu(x, 0.2), sd[k + '.weight'], stride=2, padding=1)
+    up = lambda x, k: F.conv_transpose2d(F.relu(x), sd[k + '.weight'], stride=2, padding=1)
+    def level(x, p, depth):
+        if depth == num_downs - 1:
+            y = bn(up(down(x, p + '1'), p + '3'), p + '4')
+        else:
+            y = bn(up(level(bn(down(x, p + '1'), p + '2'), p + '3.model.', depth + 1), p + '5'), p + '6')
+        return torch.cat([F.leaky_relu(x, 0.2), y], 1)
+    y = level(F.conv2d(x, sd['model.model.0.weight'], stride=2, padding=1), 'model.model.1.model.', 1)
+    return torch.tanh(F.conv_transpose2d(F.relu(y), sd['model.model.3.weight'], sd['model.model.3.bias'], stride=2, padding=1))
+
+def test_resnet_generator_computes_what_the_official_one_does():
+    sd = official_resnet_state_dict(gen=torch.Generator().manual_seed(0))
+    G = cyclegan.ResnetGenerator(ngf=4, n_blocks=6)
+    G.load_state_dict(sd)  # strict: exactly the official keys and shapes
+    x = torch.randn(2, 3, 32, 36)
+    torch.testing.assert_close(G(x), official_resnet_forward(sd, x, 6), rtol=1e-4, atol=1e-5)
+
+def test_unet_generator_computes_what_the_official_one_does():
+    sd = official_unet_state_dict(gen=torch.Generator().manual_seed(0))
+    G = pixelgan.UnetGenerator(num_downs=7, ngf=4, norm='batch')
+    G.load_state_dict(sd)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(G.eval()(x), official_unet_forward(sd, x, 7), rtol=1e-4, atol=1e-5)
+
+# -----------------------------------------------------------------------------
+# data parallelism: two CPU processes with gloo, as torch.multiprocessing / torchrun launch them
+
+def _ddp_worker(rank, script, argv, port, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    module = {'cyclegan': cyclegan, 'pixelgan': pixelgan}[script]
+    nets = module.train(*module.parse_args(argv))
+    torch.save([n.state_dict() for n in nets], os.path.join(out, f'rank{rank}.pt'))
+
+@pytest.mark.parametrize('script, tiny', [('cyclegan', TINY_CYCLEGAN), ('pixelgan', TINY_PIXELGAN)])
+def test_two_processes_train_in_lockstep_and_reproducibly(tmp_path, script, tiny):
+    import torch.multiprocessing as mp
+    finals = []
+    for trial in range(2):
+        out = tmp_path / f'run{trial}'
+        out.mkdir()
+        argv = [str(v) for v in tiny] + ['--max_iters', '3', '--out_dir', str(out / 'train'), '--eval_freq', '100']
+        mp.spawn(_ddp_worker, args=(script, argv, 29500 + os.getpid() % 1000 + trial, str(out)), nprocs=2)
+        r0, r1 = (torch.load(out / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+        for a, b in zip(r0, r1):  # every optimizer step used both ranks' gradients (batch norm running
+            assert all(torch.equal(a[k], b[k]) for k in a if 'running_' not in k)  # statistics stay per rank)
+        assert sorted(os.listdir(out / 'train')) == ['ckpt.pt', 'log.jsonl'] + [f'samples_{i:07d}.png' for i in (2, 3)]
+        finals.append(r0)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(*finals) for k in a)
+
+def test_torchrun_launch(tmp_path):
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        os.path.join(ROOT, 'cyclegan.py'), *map(str, TINY_CYCLEGAN), '--max_iters', '2', '--out_dir', str(tmp_path)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count('G_A parameters') == 1  # rank 0 alone prints
+    assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['world_size'] == 2
+
+# -----------------------------------------------------------------------------
+# dataset and model download, from a local HTTP server standing in for the official host
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; under /short/ it announces more bytes than it sends."""
+    import http.server, threading
+    www = tmp_path / 'www'
+    www.mkdir()
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(www), **kw)
+        def log_message(self, *a):
+            pass
+        def do_GET(self):
+            if self.path.startswith('/short/'):
+                self.send_response(200); self.send_header('Content-Length', '100000'); self.end_headers()
+                self.wfile.write(b'PK' + b'\0' * 1000)
+            else:
+                super().do_GET()
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield www, f'http://127.0.0.1:{httpd.server_port}'
+    httpd.shutdown()
+
+def download(monkeypatch, url, *argv):
+    monkeypatch.setenv('GAN_DOWNLOAD_URL', url)
+    data.main([str(a) for a in argv])
+
+def test_download_unpacks_zip_and_tar_into_the_layout_the_scripts_read(server, tmp_path, monkeypatch, capsys):
+    import tarfile, zipfile
+    www, url = server
+    (www / 'cyclegan' / 'datasets').mkdir(parents=True)
+    with zipfile.ZipFile(www / 'cyclegan' / 'datasets' / 'horse2zebra.zip', 'w') as z:
+        z.writestr('horse2zebra/trainA/1.jpg', b'a'); z.writestr('horse2zebra/testB/2.jpg', b'b')
+    (www / 'pix2pix' / 'datasets').mkdir(parents=True)
+    src = tmp_path / 'src' / 'facades' / 'train'
+    src.mkdir(parents=True); (src / '1.jpg').write_bytes(b'ab')
+    with tarfile.open(www / 'pix2pix' / 'datasets' / 'facades.tar.gz', 'w:gz') as t:
+        t.add(tmp_path / 'src' / 'facades', arcname='facades')
+    root = tmp_path / 'datasets'
+    download(monkeypatch, url, 'download', 'horse2zebra', '--root', root)
+    assert (root / 'horse2zebra' / 'trainA' / '1.jpg').read_bytes() == b'a'
+    assert 'MiB/s' in capsys.readouterr().err  # the progress display
+    download(monkeypatch, url, 'download', 'facades', '--root', root)
+    assert (root / 'facades' / 'train' / '1.jpg').read_bytes() == b'ab'
+    assert sorted(os.listdir(root)) == ['facades', 'horse2zebra']  # no temporary leftovers
+    download(monkeypatch, url, 'download', '--list')
+    assert {'horse2zebra', 'facades', 'cyclegan_facades', 'edges2shoes', 'mini_pix2pix', 'ae_photos'} <= set(capsys.readouterr().out.split())
+
+def test_download_model_saves_the_official_generator_file(server, tmp_path, monkeypatch, capsys):
+    www, url = server
+    (www / 'cyclegan' / 'pretrained_models').mkdir(parents=True)
+    torch.save(official_resnet_state_dict(), www / 'cyclegan' / 'pretrained_models' / 'horse2zebra.pth')
+    download(monkeypatch, url, 'download-model', 'horse2zebra', '--root', tmp_path / 'pretrained')
+    G = cyclegan.generator_from_file(str(tmp_path / 'pretrained' / 'horse2zebra.pth'))
+    assert sum(p.numel() for p in G.parameters()) == sum(v.numel() for v in official_resnet_state_dict().values())
+    download(monkeypatch, url, 'download-model', '--list')
+    assert {'horse2zebra', 'style_monet', 'facades_label2photo', 'cyclegan_facades_label2photo', 'edges2shoes',
+            'day2night'} <= set(capsys.readouterr().out.split())
+
+@pytest.mark.parametrize('case, says', [('404', 'download failed'), ('short', 'cut short'), ('offline', 'download failed')])
+def test_failed_downloads_leave_nothing_that_looks_finished(server, tmp_path, monkeypatch, case, says):
+    _, url = server  # nothing is served: every file is a 404
+    url = {'404': url, 'short': url + '/short', 'offline': 'http://127.0.0.1:9'}[case]
+    with pytest.raises(data.DataError, match=says) as e:
+        download(monkeypatch, url, 'download', 'horse2zebra', '--root', tmp_path / 'datasets')
+    assert url in str(e.value) and (case == 'short' or 'unpack FILE' in str(e.value))
+    assert os.listdir(tmp_path / 'datasets') == []  # no partial archive, no half-unpacked folder
+
+def test_download_errors_are_one_line_for_the_user(tmp_path):
+    p = run('data.py', 'download', 'horse2zebra', cwd=tmp_path, env={**os.environ, 'GAN_DOWNLOAD_URL': 'http://127.0.0.1:9'}, check=False)
+    assert p.returncode == 1 and p.stderr.strip().startswith('error: http://127.0.0.1:9/cyclegan/datasets/horse2zebra.zip: download failed')
+    assert len(p.stderr.strip().splitlines()) == 1
+
+def test_hostile_archives_are_refused_and_write_nothing_outside(tmp_path):
+    import io, tarfile, zipfile
+    slip = tmp_path / 'slip.zip'
+    with zipfile.ZipFile(slip, 'w') as z:
+        z.writestr('data/trainA/1.jpg', b'a'); z.writestr('../../evil.txt', b'x')
+    link = tmp_path / 'link.tar'
+    with tarfile.open(link, 'w') as t:
+        info = tarfile.TarInfo('data/trainA/passwd'); info.type = tarfile.SYMTYPE; info.linkname = '/etc/passwd'
+        t.addfile(info)
+    absolute = tmp_path / 'abs.tar'
+    with tarfile.open(absolute, 'w') as t:
+        info = tarfile.TarInfo('/tmp/evil.txt'); info.size = 1
+        t.addfile(info, io.BytesIO(b'x'))
+    for archive in (slip, link, absolute):
+        root = tmp_path / f'datasets_{archive.stem}'
+        with pytest.raises(data.DataError, match='unsafe member'):
+            data.unpack(str(archive), root=str(root))
+        assert os.listdir(root) == []
+    assert not (tmp_path / 'evil.txt').exists() and not (tmp_path.parent / 'evil.txt').exists()
+
+def test_export_official_round_trip(tmp_path):
+    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path)
+    run('cyclegan.py', '--export_official', tmp_path / 'official', '--ckpt', tmp_path / 'ckpt.pt')
+    assert sorted(os.listdir(tmp_path / 'official')) == [f'latest_net_{k}.pth' for k in ('D_A', 'D_B', 'G_A', 'G_B')]
+    sd = torch.load(tmp_path / 'official' / 'latest_net_G_A.pth', weights_only=True)
+    assert 'model.1.weight' in sd  # a bare state_dict with the official keys
+    G_official = cyclegan.generator_from_file(str(tmp_path / 'official' / 'latest_net_G_A.pth'))
+    G_ours = cyclegan.generator_from_file(str(tmp_path / 'ckpt.pt'))
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(G_official(x), G_ours(x))
+
+# -----------------------------------------------------------------------------
+# reliability: interruption, broken files mid-run, numerics, unwritable output
+
+def test_sigterm_saves_at_the_next_iteration_and_says_how_to_resume(tmp_path):
+    import signal, time
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'cyclegan.py'), *map(str, TINY_CYCLEGAN), '--max_iters', '100000',
+                          '--save_latest_freq', '100000', '--out_dir', str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not (tmp_path / 'log.jsonl').exists():  # training has started
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode != 0 and 'interrupted: saved' in out and '--resume' in out
+    step = torch.load(tmp_path / 'ckpt.pt', weights_only=True)['step']
+    assert step >= 2
+    assert f'iteration {step}' in run('cyclegan.py', '--resume', '--out_dir', tmp_path, '--max_iters', step + 1).out
+
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
+    import random, time
+    rng = random.Random(0)
+    for attempt in range(3):
+        args = ['--resume'] if attempt else TINY_CYCLEGAN
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'cyclegan.py'), *map(str, args), '--max_iters', '100000',
+                              '--save_latest_freq', '1', '--out_dir', str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = torch.load(tmp_path / 'ckpt.pt', weights_only=True)['step'] if attempt else 0
+        mtime = os.path.getmtime(tmp_path / 'ckpt.pt') if attempt else 0
+        while not (tmp_path / 'ckpt.pt').exists() or os.path.getmtime(tmp_path / 'ckpt.pt') == mtime:
+            time.sleep(0.05)  # wait until this process saves (every iteration)
+        time.sleep(rng.uniform(0, 1.0))
+        p.kill(); p.wait()
+        ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)  # never half-written
+        assert ckpt['step'] > before and ckpt['G_A'].keys() == cyclegan.ResnetGenerator(ngf=4, n_blocks=6).state_dict().keys()
+
+def test_a_file_that_breaks_mid_run_loses_nothing(tmp_path):
+    make_unpaired(tmp_path / 'data', n=2)
+    bad = tmp_path / 'data' / 'trainA' / '1.png'
+    good = bad.read_bytes()
+    bad.write_bytes(good[:len(good) // 2])  # the header is fine, the pixels are not: found only when loaded
+    p = run('cyclegan.py', '--dataroot', tmp_path / 'data', *TINY_CYCLEGAN, '--load_size', 36, '--max_iters', 6,
+            '--out_dir', tmp_path / 'o', '--num_threads', 1, check=False)
+    assert p.returncode == 1 and str(bad) in p.out and '--resume' in p.out and 'Traceback' not in p.out
+    saved = torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['step']
+    bad.write_bytes(good)
+    p = run('cyclegan.py', '--resume', '--out_dir', tmp_path / 'o')
+    assert f'iteration {saved}' in p.out and torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['step'] == 6
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import signal
+    real_step, calls = cyclegan.train_step, []
+    def step_that_diverges(*a, **kw):
+        loss = real_step(*a, **kw)
+        calls.append(1)
+        return {k: v * float('nan') for k, v in loss.items()} if len(calls) == 3 else loss
+    monkeypatch.setattr(cyclegan, 'train_step', step_that_diverges)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit, match='NaN or infinite at iteration 3'):
+            cyclegan.train(*cyclegan.parse_args([str(v) for v in TINY_CYCLEGAN] + ['--max_iters', '6', '--out_dir', str(tmp_path)]))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    assert ckpt['step'] == 2 and all(torch.isfinite(v).all() for v in ckpt['G_A'].values())
+
+def test_an_unwritable_output_folder_fails_before_training(tmp_path):
+    (tmp_path / 'file').write_text('')
+    for script in ('cyclegan.py', 'pixelgan.py'):
+        p = run(script, '--out_dir', tmp_path / 'file' / 'out', '--max_iters', 1, check=False)
+        assert p.returncode == 1 and '--out_dir' in p.out and 'not writable' in p.out and 'parameters' not in p.out
+    save_image(str(tmp_path / 'a.png'))
+    torch.save(official_resnet_state_dict(), tmp_path / 'g.pth')
+    p = run('cyclegan.py', '--translate', tmp_path / 'a.png', '--ckpt', tmp_path / 'g.pth', '--results_dir', tmp_path / 'file' / 'r', check=False)
+    assert p.returncode == 1 and '--results_dir' in p.out
