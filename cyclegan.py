@@ -10,6 +10,7 @@ Read top to bottom: config, networks, losses, the training step, the loop, infer
 """
 import argparse, contextlib, functools, json, math, os, re, signal, sys, time
 import torch
+import torch.utils.flop_counter
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
@@ -108,7 +109,7 @@ class ResnetGenerator(nn.Module):
     """c7s1-64, d128, d256, n_blocks x R256, u128, u64, c7s1-3 (the paper's appendix); tanh output."""
     def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='instance', n_blocks=9):
         super().__init__()
-        bias = norm != 'batch' and norm != 'syncbatch'  # a conv followed by batch norm needs no bias
+        bias = norm == 'instance'  # as the official code: a bias only before instance norm
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)]
         for i in range(2):  # downsample
             c = ngf * 2 ** i
@@ -127,7 +128,7 @@ class NLayerDiscriminator(nn.Module):
     """PatchGAN: n_layers=3 is the 70x70 'basic' D, n_layers=1 a 16x16 patch. Outputs logits."""
     def __init__(self, in_nc=3, ndf=64, n_layers=3, norm='instance'):
         super().__init__()
-        bias = norm != 'batch' and norm != 'syncbatch'
+        bias = norm == 'instance'
         layers, c = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
         for n in range(1, n_layers + 1):  # the last of these keeps stride 1
             c_next = ndf * min(2 ** n, 8)
@@ -144,7 +145,7 @@ class PixelDiscriminator(nn.Module):
     """1x1 PixelGAN: judges every pixel on its own (pix2pix, section 4.4)."""
     def __init__(self, in_nc=3, ndf=64, norm='instance'):
         super().__init__()
-        bias = norm != 'batch' and norm != 'syncbatch'
+        bias = norm == 'instance'
         self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(ndf, 2 * ndf, 1, bias=bias),
                                  norm_layer(norm, 2 * ndf), nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
 
@@ -285,11 +286,6 @@ def train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocas
 # -----------------------------------------------------------------------------
 # helpers: device, checkpoints, evaluation, samples
 
-def pick_device(name):
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    return torch.device(name)
-
 def save_checkpoint(ckpt, path):
     """Write to a temporary file, fsync, then rename: a crash at any moment leaves the old file intact."""
     tmp = path + '.tmp'
@@ -318,13 +314,12 @@ def generator_from_file(path, direction='AtoB'):
     """A generator from our checkpoint or from an official .pth state_dict (architecture inferred
     from its keys and shapes: number of residual blocks, width, batch vs instance norm)."""
     obj = load_file(path)
-    which = 'G_A' if direction == 'AtoB' else 'G_B'
     if isinstance(obj, dict) and 'script' in obj:
         if obj['script'] != 'cyclegan':
             sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py --translate")
         args = argparse.Namespace(**obj['args'])
         G = ResnetGenerator(3, 3, args.ngf, args.norm, 9 if args.netG == 'resnet_9blocks' else 6)
-        G.load_state_dict(obj[which])
+        G.load_state_dict(obj['G_A' if direction == args.direction else 'G_B'])  # G_A learnt the trained direction
         return G
     sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()} if isinstance(obj, dict) else {}
     w = sd.get('model.1.weight')
@@ -387,7 +382,7 @@ def setup(args):
     """Device, distributed process group (under torchrun), seeds, autocast and the grad scaler."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
     rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-    device = pick_device(args.device)
+    device = torch.device(pick_device(args.device))
     if ddp:
         if device.type == 'cuda':
             device = torch.device('cuda', int(os.environ['LOCAL_RANK'])); torch.cuda.set_device(device)
@@ -403,13 +398,16 @@ def setup(args):
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == 'cuda')
     return ddp, rank, world, device, autocast, scaler
 
+def pick_device(name):
+    return name if name != 'auto' else 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+
 def resume_args(args, given, path):
     """The checkpoint's args with the flags given now on top; architecture flags must not change."""
     ckpt = load_checkpoint(path)
     diff = [f"--{k} {given[k]} (checkpoint: {ckpt['args'][k]})" for k in ARCH_FLAGS if k in given and given[k] != ckpt['args'][k]]
     if diff:
         sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
-    return argparse.Namespace(**{**ckpt['args'], **given}), ckpt
+    return argparse.Namespace(**{**ckpt['args'], 'max_iters': None, **given}), ckpt  # max_iters: only if given again
 
 def check_writable(folder, flag):
     """Fail now rather than at the first save, hours from now."""
@@ -471,6 +469,8 @@ def train(args, given):
         if device.type == 'cuda' and 'rng_cuda' in ckpt:
             torch.cuda.set_rng_state(ckpt['rng_cuda'])
         master and print(f"resumed {ckpt_path} at epoch {state['epoch'] + 1}, iteration {state['step']}")
+    if args.norm == 'syncbatch' and ddp and device.type != 'cuda':
+        sys.exit("error: --norm syncbatch needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); use --norm batch")
     if ddp:
         if args.norm == 'syncbatch':
             G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
@@ -478,13 +478,17 @@ def train(args, given):
     if args.benchmark:  # the configured step on random tensors: no data loading, no disk
         real_A, real_B = (torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1 for _ in 'AB')
         step_fn = lambda: train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler)
-        flops = count_flops(step_fn)  # eager, before torch.compile
+        with torch.utils.flop_counter.FlopCounterMode(display=False) as flops:  # eager, before torch.compile
+            step_fn()
     if args.compile:
         G, D = torch.compile(G), torch.compile(D)
     if args.benchmark:
-        return benchmark(args, step_fn, device, args.batch_size * world, flops)
+        return benchmark(args, step_fn, device, args.batch_size * world, flops.get_total_flops())
 
     def save():
+        if not all(torch.isfinite(p).all() for net in (G_A, G_B, D_A, D_B) for p in net.parameters()):
+            sys.exit(f"error: the weights became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps "
+                     f"the last good state. Try a lower --lr or --dtype float32")
         save_checkpoint(dict(script=SCRIPT, args=vars(args), **state, world_size=world, rng_cpu=torch.get_rng_state(),
                              G_A=G_A.state_dict(), G_B=G_B.state_dict(), D_A=D_A.state_dict(), D_B=D_B.state_dict(),
                              opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(), pool_A=[x.cpu() for x in pool_A.images],
@@ -504,11 +508,15 @@ def train(args, given):
             f.write(json.dumps(dict(step=state['step'], **record)) + '\n')
         for k, v in record.items():
             tb and tb.add_scalar(k, v, state['step'])
+        tb and tb.flush()
 
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, save, exit
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, f: stop.append(s))
-    total = (args.n_epochs + args.n_epochs_decay) * (len(train_set) // (args.batch_size * world) or 1)
+    iters_per_epoch = len(sampler) // args.batch_size  # what the loader yields (each process sees its shard)
+    if iters_per_epoch == 0:
+        sys.exit(f"error: {len(train_set)} training images make no batch of --batch_size {args.batch_size} on {world} process(es)")
+    total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
     total = min(total, args.max_iters or total)
     t0, t_last, step_last, data_time = time.time(), time.time(), state['step'], 0.0
     while state['step'] < total and not stop:
@@ -524,7 +532,12 @@ def train(args, given):
                 loss = train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler)
                 state['step'] += 1; state['epoch_iter'] += 1
                 step, losses = state['step'], {k: v.item() for k, v in loss.items()}
-                if not all(map(math.isfinite, losses.values())):
+                diverged = not all(map(math.isfinite, losses.values()))
+                if ddp:  # all processes stop at the same iteration, or the others would wait forever
+                    flags = torch.tensor([diverged, bool(stop)], dtype=torch.float32, device=device)
+                    torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
+                    diverged, stop[:] = bool(flags[0]), stop or [None] * bool(flags[1])
+                if diverged:
                     sys.exit(f"error: the loss became NaN or infinite at iteration {step} ({losses}); {ckpt_path} "
                              f"keeps the last good state. Try a lower --lr or --dtype float32")
                 if master and (step % args.print_freq == 0 or step == total):
@@ -566,7 +579,7 @@ def train(args, given):
 @torch.no_grad()
 def translate(args):
     """Every image under args.translate through the generator, at its own size."""
-    device = pick_device(args.device)
+    device = torch.device(pick_device(args.device))
     G = generator_from_file(args.ckpt or os.path.join(args.out_dir, 'ckpt.pt'), args.direction).to(device).eval()
     paths = [args.translate] if os.path.isfile(args.translate) else data.find_images(args.translate)
     base = os.path.dirname(args.translate) if os.path.isfile(args.translate) else args.translate
@@ -596,20 +609,13 @@ def export_official(args):
 
 PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense bf16 FLOP/s, for the MFU
 
-def count_flops(step_fn):
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        step_fn()
-    return counter.get_total_flops()
-
 def benchmark(args, step_fn, device, n_images, flops):
     """Times step_fn (the configured training step on fixed random tensors) after a warm-up; prints
     one figure per line, then all of them as one JSON object."""
     import resource
-    sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
-    iters = args.max_iters or 10
+    sync, iters = torch.cuda.synchronize if device.type == 'cuda' else lambda: None, args.max_iters or 10
     for i in range(3 + iters):
-        if i == 3:  # three warm-up steps
+        if i == 3:  # after three warm-up steps
             sync(); t = time.perf_counter()
         step_fn()
     sync()

@@ -69,8 +69,8 @@ class Transform:
         size = self.load if self.train else self.crop
         if self.preprocess == 'resize_and_crop' or (not self.train and self.preprocess == 'crop'):
             return (size, size) if self.preprocess == 'resize_and_crop' else (w, h)
-        if self.preprocess.startswith('scale_width'):
-            return size, max(1, round(h * size / w))
+        if self.preprocess.startswith('scale_width'):  # height rounded to a multiple of 4 for the networks
+            return size, max(4, round(h * size / w / 4) * 4)
         return w, h
 
     def check_size(self, w, h, path):
@@ -195,8 +195,8 @@ class Synthetic(torch.utils.data.Dataset):
     """paired=False, 'plain2zebra': A = plain animals, B = striped ones; training scenes differ between
     the domains, each test scene comes in both styles, so G_A(A) can be scored against the true B.
     paired=True, 'restore': A = a degraded scene, B = the clean one. Seeds 0.. train, 10**6.. test."""
-    def __init__(self, size, paired, train=True):
-        self.size, self.paired, self.train, self.n = size, paired, train, 1000 if train else 64
+    def __init__(self, size, paired, train=True, direction='AtoB'):
+        self.size, self.paired, self.train, self.n, self.swap = size, paired, train, 1000 if train else 64, direction == 'BtoA'
 
     def __len__(self):
         return self.n
@@ -205,7 +205,7 @@ class Synthetic(torch.utils.data.Dataset):
         seed = i if self.train else 10**6 + i
         if self.paired:
             clean = render_scene(seed, self.size, striped=seed % 2 == 1)
-            return {'A': degrade(clean, seed), 'B': clean}
+            return {'A': clean, 'B': degrade(clean, seed)} if self.swap else {'A': degrade(clean, seed), 'B': clean}
         seed_B = seed + 10**5 if self.train else seed  # training: an unrelated scene
         return {'A': render_scene(seed, self.size, False), 'B': render_scene(seed_B, self.size, True)}
 
@@ -271,7 +271,7 @@ def unpack(archive, name=None, root='datasets'):
         else:
             with tarfile.open(archive) as t:
                 check_members(archive, [(m.name, m.isfile() or m.isdir()) for m in t.getmembers()])
-                t.extractall(tmp, filter='data')
+                t.extractall(tmp, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))  # Python 3.11.4+
         top = os.listdir(tmp)  # the official archives hold one folder named after the dataset
         shutil.move(os.path.join(tmp, top[0]) if len(top) == 1 else tmp, target)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:

@@ -11,7 +11,7 @@ A generator G maps an input image A to its target B; a conditional discriminator
 and an L1 loss ties G(A) to the true B pixel by pixel. Read top to bottom: config, networks, losses,
 the training step, the loop, inference.
 """
-import argparse, contextlib, functools, json, math, os, re, signal, sys, time
+import argparse, contextlib, copy, functools, json, math, os, re, signal, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ def get_parser():
     a = p.add_argument
     a('--dataroot', default=None, help='paired dataset (<root>/train/*.jpg side by side, or <root>/A/train + <root>/B/train); none: the built-in synthetic task')
     a('--netG', default='unet_256', choices=['unet_256', 'unet_128', 'resnet_9blocks', 'resnet_6blocks'])
-    a('--netD', default='basic', choices=['basic', 'n_layers', 'pixel'], help='pixel = 1x1 PixelGAN, basic = 70x70 PatchGAN')
+    a('--netD', default='pixel', choices=['pixel', 'basic', 'n_layers'], help='pixel = 1x1 PixelGAN (measured best here, see README), basic = 70x70 PatchGAN')
     a('--n_layers_D', type=int, default=3, help='depth of the n_layers discriminator (1: 16x16 patches)')
     a('--ngf', type=int, default=64, help='generator width (filters in the first conv)')
     a('--ndf', type=int, default=64, help='discriminator width')
@@ -77,6 +77,7 @@ SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_siz
                         n_epochs_decay=2, print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'pixelgan'
 ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout']  # these must match to resume
+EVAL_FLAGS = ['direction', 'preprocess', 'load_size', 'crop_size']  # --eval_only takes these from the checkpoint
 
 def parse_args(argv=None):
     """Returns the args and the flags that were given explicitly (they override preset and checkpoint)."""
@@ -102,7 +103,7 @@ class UnetBlock(nn.Module):
     concatenates this level's input to its output. Built from the innermost level outwards."""
     def __init__(self, outer_nc, inner_nc, in_nc=None, inner=None, norm='batch', dropout=False):
         super().__init__()
-        bias = norm != 'batch' and norm != 'syncbatch'
+        bias = norm == 'instance'
         down = nn.Conv2d(in_nc or outer_nc, inner_nc, 4, 2, 1, bias=bias)
         self.outermost = in_nc is not None
         if self.outermost:
@@ -152,7 +153,7 @@ class ResnetGenerator(nn.Module):
     """The CycleGAN generator (see cyclegan.py), offered here as the alternative to the U-Net."""
     def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='batch', n_blocks=9, dropout=False):
         super().__init__()
-        bias = norm != 'batch' and norm != 'syncbatch'
+        bias = norm == 'instance'
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)]
         for i in range(2):
             c = ngf * 2 ** i
@@ -171,7 +172,7 @@ class NLayerDiscriminator(nn.Module):
     """PatchGAN: n_layers=3 judges 70x70 patches ('basic'), n_layers=1 16x16 patches. Outputs logits."""
     def __init__(self, in_nc=6, ndf=64, n_layers=3, norm='batch'):
         super().__init__()
-        bias = norm != 'batch' and norm != 'syncbatch'
+        bias = norm == 'instance'
         layers, c = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
         for n in range(1, n_layers + 1):  # the last of these keeps stride 1
             c_next = ndf * min(2 ** n, 8)
@@ -188,7 +189,7 @@ class PixelDiscriminator(nn.Module):
     """1x1 PixelGAN: judges every pixel on its own. Per the paper it adds colourfulness, not sharpness."""
     def __init__(self, in_nc=6, ndf=64, norm='batch'):
         super().__init__()
-        bias = norm != 'batch' and norm != 'syncbatch'
+        bias = norm == 'instance'
         self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(ndf, 2 * ndf, 1, bias=bias),
                                  norm_layer(norm, 2 * ndf), nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
 
@@ -340,8 +341,8 @@ def generator_from_file(path):
         num_downs = max(k.split('.').count('model') for k in sd) - 1
         netG, G = f"unet_{2 ** num_downs}", UnetGenerator(3, 3, num_downs, sd['model.model.0.weight'].shape[0], norm)
     elif getattr(sd.get('model.1.weight'), 'shape', [0])[-1] == 7:
-        n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
-        netG, G = f"resnet_{n_blocks}blocks", ResnetGenerator(3, 3, sd['model.1.weight'].shape[0], norm, n_blocks)
+        n_blocks, dropout = len({k.split('.')[1] for k in sd if 'conv_block' in k}), 'model.10.conv_block.6.weight' in sd
+        netG, G = f"resnet_{n_blocks}blocks", ResnetGenerator(3, 3, sd['model.1.weight'].shape[0], norm, n_blocks, dropout)
     else:
         kind = 'a discriminator' if 'model.0.weight' in sd or 'net.0.weight' in sd else 'not a generator state_dict'
         sys.exit(f"error: {path}: {kind}; pixelgan.py --translate needs a U-Net or ResNet generator")
@@ -366,21 +367,22 @@ def ssim(x, y, size=11, sigma=1.5):
 
 @contextlib.contextmanager
 def test_mode(G, train_mode):
-    """Eval mode (deterministic: no dropout, running batch statistics) unless the paper's test-time
-    behaviour is asked for."""
+    """Yields the generator to test with: G in eval mode (deterministic: no dropout, running batch
+    statistics), or with train_mode, as the paper does, a copy with dropout and batch statistics on.
+    Either way G's training state, batch norm statistics and the RNG are left as they were."""
     was_training = G.training
-    G.train(train_mode)
-    yield
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        yield copy.deepcopy(G).train() if train_mode else G.eval()
     G.train(was_training)
 
 @torch.no_grad()
 def evaluate(G, loader, device, train_mode=False):
     """Mean L1, PSNR and SSIM of G(A) against the true B, next to the untranslated input's."""
     sums, n = {}, 0
-    with test_mode(G, train_mode):
+    with test_mode(G, train_mode) as G_test:
         for batch in loader:
             A, B = batch['A'].to(device), batch['B'].to(device)
-            fake_B = G(A).float()
+            fake_B = G_test(A).float()
             for name, v in [('l1', (fake_B - B).abs().flatten(1).mean(1)), ('l1_input', (A - B).abs().flatten(1).mean(1)),
                             ('psnr', psnr(fake_B, B)), ('psnr_input', psnr(A, B)), ('ssim', ssim(fake_B, B)), ('ssim_input', ssim(A, B))]:
                 sums[name] = sums.get(name, 0) + v.sum().item()
@@ -390,8 +392,8 @@ def evaluate(G, loader, device, train_mode=False):
 @torch.no_grad()
 def save_samples(G, A, B, path, train_mode=False):
     """One row per sample: input | output | target."""
-    with test_mode(G, train_mode):
-        rows = [A, G(A), B]
+    with test_mode(G, train_mode) as G_test:
+        rows = [A, G_test(A), B]
     torchvision.utils.save_image(torch.stack([r[i].float() for i in range(len(A)) for r in rows]) * 0.5 + 0.5, path, nrow=3)
 
 # -----------------------------------------------------------------------------
@@ -423,7 +425,7 @@ def resume_args(args, given, path):
     diff = [f"--{k} {given[k]} (checkpoint: {ckpt['args'][k]})" for k in ARCH_FLAGS if k in given and given[k] != ckpt['args'][k]]
     if diff:
         sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
-    return argparse.Namespace(**{**ckpt['args'], **given}), ckpt
+    return argparse.Namespace(**{**ckpt['args'], 'max_iters': None, **given}), ckpt  # max_iters: only if given again
 
 def check_writable(folder, flag):
     """Fail now rather than at the first save, hours from now."""
@@ -436,7 +438,7 @@ def check_writable(folder, flag):
 def make_test_set(args):
     """Held-out pairs with evaluation transforms: <root>/test, else <root>/val (or A/test, A/val)."""
     if args.dataroot is None:
-        return data.Synthetic(args.crop_size, paired=True, train=False)
+        return data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction)
     for phase in ('test', 'val'):
         if any(os.path.isdir(os.path.join(args.dataroot, *p)) for p in [(phase,), ('A', phase)]):
             tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
@@ -450,12 +452,15 @@ def train(args, given):
     master = rank == 0  # only rank 0 prints, evaluates and writes
     if args.crop_size % size_multiple(args.netG):
         sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {size_multiple(args.netG)} for --netG {args.netG}")
+    if args.netG.startswith('unet') and 'crop' not in args.preprocess:
+        sys.exit(f"error: --preprocess {args.preprocess} gives images of any size; --netG {args.netG} needs a crop "
+                 f"(--preprocess resize_and_crop, crop or scale_width_and_crop)")
     if master and not args.benchmark:
         check_writable(args.out_dir, '--out_dir')
         print(f"training on {args.dataroot or 'the built-in synthetic task (restore degraded images)'}" +
               (f", preset {json.dumps({k: vars(args)[k] for k in SYNTHETIC_PRESET})}" if args.dataroot is None else ''))
     if args.dataroot is None:
-        train_set = data.Synthetic(args.crop_size, paired=True)
+        train_set = data.Synthetic(args.crop_size, paired=True, direction=args.direction)
     else:
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
         train_set = data.PairedFolders(args.dataroot, 'train', tf, args.direction, args.max_dataset_size, args.seed)
@@ -467,7 +472,9 @@ def train(args, given):
     test_loader = torch.utils.data.DataLoader(test_set, 16) if test_set else None
     fixed = next(iter(torch.utils.data.DataLoader(test_set or train_set, 4)))  # the pairs shown in the sample grids
 
-    G, D = build_generator(args).to(device), build_discriminator(args).to(device)
+    # channels_last (NHWC) runs this family's convolutions faster (measured: see README, Performance)
+    G, D = (build_generator(args).to(device, memory_format=torch.channels_last),
+            build_discriminator(args).to(device, memory_format=torch.channels_last))
     for name, net in [('G', G), ('D', D)]:
         master and print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
     D_loss = DiscriminatorLoss(D, args.gan_mode, args.norm in ('instance', 'none'))
@@ -484,12 +491,15 @@ def train(args, given):
             torch.cuda.set_rng_state(ckpt['rng_cuda'])
         master and print(f"resumed {ckpt_path} at epoch {state['epoch'] + 1}, iteration {state['step']}")
     G_train, D_train = G, D_loss  # what the step runs: wrapped for data parallelism, compiled
+    if args.norm == 'syncbatch' and ddp and device.type != 'cuda':
+        sys.exit("error: --norm syncbatch needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); use --norm batch")
     if ddp:
         if args.norm == 'syncbatch':
             G_train, D_train = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D_loss)
         G_train, D_train = nn.parallel.DistributedDataParallel(G_train), nn.parallel.DistributedDataParallel(D_train)
     if args.benchmark:  # the configured step on random tensors: no data loading, no disk
-        real_A, real_B = (torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1 for _ in 'AB')
+        real_A, real_B = (torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device).to(
+            memory_format=torch.channels_last) * 2 - 1 for _ in 'AB')
         step_fn = lambda: train_step(G_train, D_train, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
         flops = count_flops(step_fn)  # eager, before torch.compile
     if args.compile:
@@ -498,6 +508,9 @@ def train(args, given):
         return benchmark(args, step_fn, device, args.batch_size * world, flops)
 
     def save():
+        if not all(torch.isfinite(p).all() for net in (G, D) for p in net.parameters()):
+            sys.exit(f"error: the weights became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps "
+                     f"the last good state. Try a lower --lr or --dtype float32")
         save_checkpoint(dict(script=SCRIPT, args=vars(args), **state, world_size=world, rng_cpu=torch.get_rng_state(),
                              G=G.state_dict(), D=D.state_dict(), opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(),
                              **({'rng_cuda': torch.cuda.get_rng_state()} if device.type == 'cuda' else {})), ckpt_path)
@@ -515,11 +528,15 @@ def train(args, given):
             f.write(json.dumps(dict(step=state['step'], **record)) + '\n')
         for k, v in record.items():
             tb and tb.add_scalar(k, v, state['step'])
+        tb and tb.flush()
 
     stop = []  # Ctrl-C or SIGTERM: finish the iteration, save, exit
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, f: stop.append(s))
-    total = (args.n_epochs + args.n_epochs_decay) * (len(train_set) // (args.batch_size * world) or 1)
+    iters_per_epoch = len(sampler) // args.batch_size  # what the loader yields (each process sees its shard)
+    if iters_per_epoch == 0:
+        sys.exit(f"error: {len(train_set)} training images make no batch of --batch_size {args.batch_size} on {world} process(es)")
+    total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
     total = min(total, args.max_iters or total)
     t0, t_last, step_last, data_time = time.time(), time.time(), state['step'], 0.0
     while state['step'] < total and not stop:
@@ -531,11 +548,16 @@ def train(args, given):
             t_fetch = time.time()
             for batch in loader:
                 data_time += time.time() - t_fetch  # waiting for the loader: should stay near zero
-                real_A, real_B = batch['A'].to(device, non_blocking=True), batch['B'].to(device, non_blocking=True)
+                real_A, real_B = (batch[k].to(device, non_blocking=True, memory_format=torch.channels_last) for k in 'AB')
                 loss = train_step(G_train, D_train, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
                 state['step'] += 1; state['epoch_iter'] += 1
                 step, losses = state['step'], {k: v.item() for k, v in loss.items()}
-                if not all(map(math.isfinite, losses.values())):
+                diverged = not all(map(math.isfinite, losses.values()))
+                if ddp:  # all processes stop at the same iteration, or the others would wait forever
+                    flags = torch.tensor([diverged, bool(stop)], dtype=torch.float32, device=device)
+                    torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
+                    diverged, stop[:] = bool(flags[0]), stop or [None] * bool(flags[1])
+                if diverged:
                     sys.exit(f"error: the loss became NaN or infinite at iteration {step} ({losses}); {ckpt_path} "
                              f"keeps the last good state. Try a lower --lr or --dtype float32")
                 if master and (step % args.print_freq == 0 or step == total):
@@ -600,9 +622,14 @@ def translate(args, given=None):
         f.write(f"<html><body><table><tr><th>file</th><th>input</th><th>output</th></tr>{''.join(rows)}</table></body></html>\n")
     print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them side by side)")
 
-def eval_only(args, given=None):
+def eval_only(args, given):
+    """The evaluation alone; with our checkpoint, its direction and sizes unless given now."""
     device = pick_device(args.device)
-    G, _ = generator_from_file(args.ckpt or os.path.join(args.out_dir, 'ckpt.pt'))
+    path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
+    G, _ = generator_from_file(path)
+    saved = load_file(path)
+    if isinstance(saved, dict) and saved.get('script') == SCRIPT:
+        args = argparse.Namespace(**{**vars(args), **{k: saved['args'][k] for k in EVAL_FLAGS}, **given})
     test_set = make_test_set(args)
     if test_set is None:
         sys.exit(f"error: {args.dataroot}: no test or val split (test/, val/, A/test or A/val)")

@@ -180,6 +180,11 @@ def test_unpaired_epoch_is_max_of_domains_with_b_random_or_serial(tmp_path):
     assert torch.equal(ds[3]['B'], ds[1]['B'])  # in order, wrapping around
     ds = data.UnpairedFolders(str(tmp_path), 'train', tf, serial=False, seed=1)
     assert torch.equal(ds[4]['B'], ds[4]['B'])  # random, but the same for the same (seed, epoch, index)
+    picks = set()
+    for epoch in range(8):
+        ds.epoch = epoch
+        picks.add(ds[4]['B'].sum().item())
+    assert len(picks) == 2  # drawn anew each epoch
 
 @pytest.mark.parametrize('case', ['missing', 'empty', 'zero_bytes', 'truncated', 'not_an_image'])
 def test_broken_data_is_one_clear_error_naming_the_path(tmp_path, case):
@@ -266,7 +271,9 @@ def test_cyclegan_trains_resumes_and_translates(tmp_path):
     out = tmp_path / 'out'
     p = run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--out_dir', out, '--tensorboard')
     assert f"G_A parameters: {count(cyclegan.ResnetGenerator(ngf=4, n_blocks=6))}" in p.out
-    assert any(f.startswith('events.out.tfevents') for f in os.listdir(out / 'tensorboard'))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / 'tensorboard')); events.Reload()
+    assert {'G_A', 'cycle_A', 'lr', 'psnr_AtoB'} <= set(events.Tags()['scalars'])
     assert 'built-in synthetic task' in p.out and 'psnr_AtoB' in p.out and 'psnr_identity' in p.out
     log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert {'step', 'lr', 'images_per_s', 'G_A', 'cycle_A', 'idt_B', 'D_A'} <= set(log[0]) and log[0]['step'] == 2
@@ -304,6 +311,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, workers
     run('cyclegan.py', *common, '--max_iters', 3, '--out_dir', tmp_path / 'resumed')
     run('cyclegan.py', '--resume', '--max_iters', 6, '--out_dir', tmp_path / 'resumed')
     a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('straight', 'resumed'))
+    lrs = [r['lr'] for r in map(json.loads, (tmp_path / 'straight' / 'log.jsonl').read_text().splitlines()) if 'lr' in r]
+    assert lrs == pytest.approx([2e-4, 2e-4 * 2 / 3, 2e-4 * 2 / 3])  # steps 2, 4, 6: the decay starts with epoch 2
     assert a['step'] == b['step'] == 6 and a['epoch'] == b['epoch'] == 1 and a['epoch_iter'] == 3  # end of the 2nd epoch
     for k in ('G_A', 'G_B', 'D_A', 'D_B'):
         for name in a[k]:
@@ -344,6 +353,20 @@ def test_official_generator_files_load_with_module_prefix_and_legacy_instance_no
     assert netG == 'unet_128'
     x = torch.randn(1, 3, 128, 128)
     torch.testing.assert_close(loaded.eval()(x), U(x))
+
+def test_translate_direction_follows_the_direction_trained(tmp_path):
+    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path, '--direction', 'BtoA')
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    for direction, key in (('BtoA', 'G_A'), ('AtoB', 'G_B')):  # trained BtoA: G_A maps the dataset's B to A
+        G = cyclegan.generator_from_file(str(tmp_path / 'ckpt.pt'), direction)
+        assert all(torch.equal(v, ckpt[key][k]) for k, v in G.state_dict().items())
+
+def test_pixelgan_loads_resnet_generator_files_with_dropout(tmp_path):
+    G = pixelgan.ResnetGenerator(ngf=4, n_blocks=6, dropout=True).eval()
+    torch.save(G.state_dict(), tmp_path / 'g.pth')
+    loaded, netG = pixelgan.generator_from_file(str(tmp_path / 'g.pth'))
+    x = torch.randn(1, 3, 32, 32)
+    assert netG == 'resnet_6blocks' and torch.equal(loaded.eval()(x), G(x))
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / 'pwned'
@@ -398,11 +421,13 @@ def test_pixelgan_eval_mode_is_deterministic_and_paper_mode_is_not():
     torch.manual_seed(0)
     G, x = pixelgan.UnetGenerator(num_downs=7, ngf=4), torch.randn(2, 3, 128, 128)
     G(x)  # one training-mode pass fills the batch norm running statistics
-    with torch.no_grad(), pixelgan.test_mode(G, train_mode=False):
-        assert torch.equal(G(x), G(x))
-    with torch.no_grad(), pixelgan.test_mode(G, train_mode=True):
-        assert not torch.equal(G(x), G(x))  # dropout stays on, as in the paper
-    assert G.training  # restored
+    stats, rng = G.model.model[1].model[2].running_mean.clone(), torch.get_rng_state()
+    with torch.no_grad(), pixelgan.test_mode(G, train_mode=False) as G_test:
+        assert torch.equal(G_test(x), G_test(x))
+    with torch.no_grad(), pixelgan.test_mode(G, train_mode=True) as G_test:
+        assert not torch.equal(G_test(x), G_test(x))  # dropout stays on, as in the paper
+    assert G.training  # and the training state is untouched: mode, batch statistics, RNG
+    assert torch.equal(G.model.model[1].model[2].running_mean, stats) and torch.equal(torch.get_rng_state(), rng)
 
 def test_translate_explains_files_it_cannot_use(tmp_path):
     torch.save(cyclegan.NLayerDiscriminator(ndf=4).state_dict(), tmp_path / 'd.pth')
@@ -681,7 +706,7 @@ def test_a_file_that_breaks_mid_run_loses_nothing(tmp_path):
     assert p.returncode == 1 and str(bad) in p.out and '--resume' in p.out and 'Traceback' not in p.out
     saved = torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['step']
     bad.write_bytes(good)
-    p = run('cyclegan.py', '--resume', '--out_dir', tmp_path / 'o')
+    p = run('cyclegan.py', '--resume', '--out_dir', tmp_path / 'o', '--max_iters', 6)
     assert f'iteration {saved}' in p.out and torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['step'] == 6
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -701,6 +726,31 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
             signal.signal(s, h)
     ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
     assert ckpt['step'] == 2 and all(torch.isfinite(v).all() for v in ckpt['G_A'].values())
+
+def test_nan_weights_are_never_saved(tmp_path, monkeypatch):
+    import signal
+    real_step, calls = cyclegan.train_step, []
+    def step_that_breaks_the_weights(G, *a, **kw):
+        loss = real_step(G, *a, **kw)
+        calls.append(1)
+        if len(calls) == 4:  # a save step; the losses reported were computed before the update
+            next(cyclegan.unwrap(G).G_A.parameters()).data.fill_(float('nan'))
+        return loss
+    monkeypatch.setattr(cyclegan, 'train_step', step_that_breaks_the_weights)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit, match='weights became NaN or infinite at iteration 4'):
+            cyclegan.train(*cyclegan.parse_args([str(v) for v in TINY_CYCLEGAN] + ['--max_iters', '6', '--out_dir', str(tmp_path)]))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['step'] == 2
+
+def test_too_few_images_for_a_batch_is_an_error(tmp_path):
+    make_unpaired(tmp_path, n=2)
+    with pytest.raises(SystemExit, match='2 training images make no batch of --batch_size 4'):
+        cyclegan.train(*cyclegan.parse_args(['--dataroot', str(tmp_path), '--batch_size', '4', '--out_dir', str(tmp_path / 'o'),
+                                             '--num_threads', '0']))
 
 def test_an_unwritable_output_folder_fails_before_training(tmp_path):
     (tmp_path / 'file').write_text('')
