@@ -709,26 +709,29 @@ def test_a_file_that_breaks_mid_run_loses_nothing(tmp_path):
     p = run('cyclegan.py', '--resume', '--out_dir', tmp_path / 'o', '--max_iters', 6)
     assert f'iteration {saved}' in p.out and torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['step'] == 6
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def train_in_process(module, *argv):
+    """module.train() inside the test process, restoring the signal handlers that it installs."""
     import signal
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return module.train(*module.parse_args([str(a) for a in argv]))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real_step, calls = cyclegan.train_step, []
     def step_that_diverges(*a, **kw):
         loss = real_step(*a, **kw)
         calls.append(1)
         return {k: v * float('nan') for k, v in loss.items()} if len(calls) == 3 else loss
     monkeypatch.setattr(cyclegan, 'train_step', step_that_diverges)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit, match='NaN or infinite at iteration 3'):
-            cyclegan.train(*cyclegan.parse_args([str(v) for v in TINY_CYCLEGAN] + ['--max_iters', '6', '--out_dir', str(tmp_path)]))
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    with pytest.raises(SystemExit, match='NaN or infinite at iteration 3'):
+        train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 6, '--out_dir', tmp_path)
     ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
     assert ckpt['step'] == 2 and all(torch.isfinite(v).all() for v in ckpt['G_A'].values())
 
 def test_nan_weights_are_never_saved(tmp_path, monkeypatch):
-    import signal
     real_step, calls = cyclegan.train_step, []
     def step_that_breaks_the_weights(G, *a, **kw):
         loss = real_step(G, *a, **kw)
@@ -737,20 +740,14 @@ def test_nan_weights_are_never_saved(tmp_path, monkeypatch):
             next(cyclegan.unwrap(G).G_A.parameters()).data.fill_(float('nan'))
         return loss
     monkeypatch.setattr(cyclegan, 'train_step', step_that_breaks_the_weights)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit, match='weights became NaN or infinite at iteration 4'):
-            cyclegan.train(*cyclegan.parse_args([str(v) for v in TINY_CYCLEGAN] + ['--max_iters', '6', '--out_dir', str(tmp_path)]))
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    with pytest.raises(SystemExit, match='weights became NaN or infinite at iteration 4'):
+        train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 6, '--out_dir', tmp_path)
     assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['step'] == 2
 
 def test_too_few_images_for_a_batch_is_an_error(tmp_path):
     make_unpaired(tmp_path, n=2)
     with pytest.raises(SystemExit, match='2 training images make no batch of --batch_size 4'):
-        cyclegan.train(*cyclegan.parse_args(['--dataroot', str(tmp_path), '--batch_size', '4', '--out_dir', str(tmp_path / 'o'),
-                                             '--num_threads', '0']))
+        train_in_process(cyclegan, '--dataroot', tmp_path, '--batch_size', 4, '--out_dir', tmp_path / 'o', '--num_threads', 0)
 
 def test_an_unwritable_output_folder_fails_before_training(tmp_path):
     (tmp_path / 'file').write_text('')
