@@ -231,7 +231,7 @@ class Generators(nn.Module):
         """Returns fake_B = G_A(A), rec_A = G_B(G_A(A)), fake_A = G_B(B), rec_B = G_A(G_B(B)) and the
         identity images G_A(B), G_B(A). With instance norm (per-sample statistics) several inputs can
         share one call exactly; batch norm would mix their statistics, so then each has its own."""
-        if self.batch_calls:
+        if self.batch_calls and real_A.shape == real_B.shape:  # (scale_width can give A and B other sizes)
             fake_B, idt_A = self.G_A(torch.cat([real_A, real_B])).chunk(2)
             fake_A, idt_B, rec_A = self.G_B(torch.cat([real_B, real_A, fake_B])).chunk(3)
             return fake_B, rec_A, fake_A, self.G_A(fake_A), idt_A, idt_B
@@ -244,7 +244,8 @@ class Discriminators(nn.Module):
         self.D_A, self.D_B, self.batch_calls, self.gan_mode = D_A, D_B, batch_calls, gan_mode
 
     def loss(self, D, real, fake):
-        pred_real, pred_fake = D(torch.cat([real, fake])).chunk(2) if self.batch_calls else (D(real), D(fake))
+        one_call = self.batch_calls and real.shape == fake.shape
+        pred_real, pred_fake = D(torch.cat([real, fake])).chunk(2) if one_call else (D(real), D(fake))
         loss = 0.5 * (gan_loss(pred_real, True, self.gan_mode) + gan_loss(pred_fake, False, self.gan_mode))
         return loss + gradient_penalty(D, real, fake) if self.gan_mode == 'wgangp' else loss
 
@@ -426,8 +427,8 @@ def make_data(args, rank, world):
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
         train_set = data.UnpairedFolders(args.dataroot, 'train', tf, args.serial_batches, args.max_dataset_size, args.seed)
         phase = 'test' if os.path.isdir(os.path.join(args.dataroot, 'testA')) else 'train'
-        test_set = data.UnpairedFolders(args.dataroot, phase, data.Transform(args.preprocess, args.load_size, args.crop_size,
-                                        train=False), serial=True, max_size=4)
+        test_set = data.UnpairedFolders(args.dataroot, phase, data.Transform('resize_and_crop', crop_size=args.crop_size,
+                                        train=False), serial=True, max_size=4)  # square samples: one grid
     sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
     loader = torch.utils.data.DataLoader(train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
                                          pin_memory=torch.cuda.is_available(), drop_last=True,

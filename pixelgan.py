@@ -469,8 +469,9 @@ def train(args, given):
                                          pin_memory=torch.cuda.is_available(), drop_last=True,
                                          generator=torch.Generator())  # its own RNG: the global one stays exact on resume
     test_set = make_test_set(args)
-    test_loader = torch.utils.data.DataLoader(test_set, 16) if test_set else None
-    fixed = next(iter(torch.utils.data.DataLoader(test_set or train_set, 4)))  # the pairs shown in the sample grids
+    same_size = args.dataroot is None or 'crop' in args.preprocess  # else images differ in size: one at a time
+    test_loader = torch.utils.data.DataLoader(test_set, 16 if same_size else 1) if test_set else None
+    fixed = next(iter(torch.utils.data.DataLoader(test_set or train_set, 4 if same_size else 1)))  # shown in the grids
 
     # channels_last (NHWC) runs this family's convolutions faster (measured: see README, Performance)
     G, D = (build_generator(args).to(device, memory_format=torch.channels_last),
