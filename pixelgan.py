@@ -324,10 +324,10 @@ def load_checkpoint(path):
                  (f" but a {ckpt['script']}.py one" if isinstance(ckpt, dict) and 'script' in ckpt else ''))
     return ckpt
 
-def generator_from_file(path):
+def generator_from_file(path, obj=None):
     """The generator from our checkpoint, or from an official .pth state_dict (U-Net depth, width and
     batch vs instance norm inferred from its keys and shapes). Returns (G, netG)."""
-    obj = load_file(path)
+    obj = load_file(path) if obj is None else obj  # obj: the file's contents, if already loaded
     if isinstance(obj, dict) and 'script' in obj:
         if obj['script'] != 'pixelgan':
             sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py --translate")
@@ -627,8 +627,8 @@ def eval_only(args, given):
     """The evaluation alone; with our checkpoint, its direction and sizes unless given now."""
     device = pick_device(args.device)
     path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
-    G, _ = generator_from_file(path)
     saved = load_file(path)
+    G, _ = generator_from_file(path, saved)
     if isinstance(saved, dict) and saved.get('script') == SCRIPT:
         args = argparse.Namespace(**{**vars(args), **{k: saved['args'][k] for k in EVAL_FLAGS}, **given})
     test_set = make_test_set(args)
