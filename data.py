@@ -67,8 +67,8 @@ class Transform:
 
     def resized(self, w, h):
         size = self.load if self.train else self.crop
-        if self.preprocess == 'resize_and_crop' or (not self.train and self.preprocess == 'crop'):
-            return (size, size) if self.preprocess == 'resize_and_crop' else (w, h)
+        if self.preprocess == 'resize_and_crop':
+            return size, size
         if self.preprocess.startswith('scale_width'):  # height rounded to a multiple of 4 for the networks
             return size, max(4, round(h * size / w / 4) * 4)
         return w, h
