@@ -486,10 +486,13 @@ def train(args, given):
     if args.benchmark:
         return benchmark(args, step_fn, device, args.batch_size * world, flops.get_total_flops())
 
+    def diverged(what):  # stop before anything broken reaches the checkpoint on disk
+        sys.exit(f"error: the {what} became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps the "
+                 f"last good state. Try a lower --lr or --dtype float32")
+
     def save():
         if not all(torch.isfinite(p).all() for net in (G_A, G_B, D_A, D_B) for p in net.parameters()):
-            sys.exit(f"error: the weights became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps "
-                     f"the last good state. Try a lower --lr or --dtype float32")
+            diverged('weights')
         save_checkpoint(dict(script=SCRIPT, args=vars(args), **state, world_size=world, rng_cpu=torch.get_rng_state(),
                              G_A=G_A.state_dict(), G_B=G_B.state_dict(), D_A=D_A.state_dict(), D_B=D_B.state_dict(),
                              opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(), pool_A=[x.cpu() for x in pool_A.images],
@@ -533,14 +536,13 @@ def train(args, given):
                 loss = train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler)
                 state['step'] += 1; state['epoch_iter'] += 1
                 step, losses = state['step'], {k: v.item() for k, v in loss.items()}
-                diverged = not all(map(math.isfinite, losses.values()))
+                finite = all(map(math.isfinite, losses.values()))
                 if ddp:  # all processes stop at the same iteration, or the others would wait forever
-                    flags = torch.tensor([diverged, bool(stop)], dtype=torch.float32, device=device)
+                    flags = torch.tensor([not finite, bool(stop)], dtype=torch.float32, device=device)
                     torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
-                    diverged, stop[:] = bool(flags[0]), stop or [None] * bool(flags[1])
-                if diverged:
-                    sys.exit(f"error: the loss became NaN or infinite at iteration {step} ({losses}); {ckpt_path} "
-                             f"keeps the last good state. Try a lower --lr or --dtype float32")
+                    finite, stop[:] = not flags[0], stop or [None] * bool(flags[1])
+                if not finite:
+                    diverged(f"loss ({losses})")
                 if master and (step % args.print_freq == 0 or step == total):
                     ips, data_ms = (step - step_last) * args.batch_size * world / (time.time() - t_last), 1000 * data_time / (step - step_last)
                     print(f"epoch {state['epoch'] + 1} iter {step}/{total} | " + ' '.join(f"{k} {v:.3f}" for k, v in losses.items())

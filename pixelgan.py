@@ -13,6 +13,7 @@ the training step, the loop, inference.
 """
 import argparse, contextlib, copy, functools, json, math, os, re, signal, sys, time
 import torch
+import torch.utils.flop_counter
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
@@ -502,16 +503,20 @@ def train(args, given):
         real_A, real_B = (torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device).to(
             memory_format=torch.channels_last) * 2 - 1 for _ in 'AB')
         step_fn = lambda: train_step(G_train, D_train, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
-        flops = count_flops(step_fn)  # eager, before torch.compile
+        with torch.utils.flop_counter.FlopCounterMode(display=False) as flops:  # eager, before torch.compile
+            step_fn()
     if args.compile:
         G_train, D_train = torch.compile(G_train), torch.compile(D_train)
     if args.benchmark:
-        return benchmark(args, step_fn, device, args.batch_size * world, flops)
+        return benchmark(args, step_fn, device, args.batch_size * world, flops.get_total_flops())
+
+    def diverged(what):  # stop before anything broken reaches the checkpoint on disk
+        sys.exit(f"error: the {what} became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps the "
+                 f"last good state. Try a lower --lr or --dtype float32")
 
     def save():
         if not all(torch.isfinite(p).all() for net in (G, D) for p in net.parameters()):
-            sys.exit(f"error: the weights became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps "
-                     f"the last good state. Try a lower --lr or --dtype float32")
+            diverged('weights')
         save_checkpoint(dict(script=SCRIPT, args=vars(args), **state, world_size=world, rng_cpu=torch.get_rng_state(),
                              G=G.state_dict(), D=D.state_dict(), opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(),
                              **({'rng_cuda': torch.cuda.get_rng_state()} if device.type == 'cuda' else {})), ckpt_path)
@@ -553,14 +558,13 @@ def train(args, given):
                 loss = train_step(G_train, D_train, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
                 state['step'] += 1; state['epoch_iter'] += 1
                 step, losses = state['step'], {k: v.item() for k, v in loss.items()}
-                diverged = not all(map(math.isfinite, losses.values()))
+                finite = all(map(math.isfinite, losses.values()))
                 if ddp:  # all processes stop at the same iteration, or the others would wait forever
-                    flags = torch.tensor([diverged, bool(stop)], dtype=torch.float32, device=device)
+                    flags = torch.tensor([not finite, bool(stop)], dtype=torch.float32, device=device)
                     torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
-                    diverged, stop[:] = bool(flags[0]), stop or [None] * bool(flags[1])
-                if diverged:
-                    sys.exit(f"error: the loss became NaN or infinite at iteration {step} ({losses}); {ckpt_path} "
-                             f"keeps the last good state. Try a lower --lr or --dtype float32")
+                    finite, stop[:] = not flags[0], stop or [None] * bool(flags[1])
+                if not finite:
+                    diverged(f"loss ({losses})")
                 if master and (step % args.print_freq == 0 or step == total):
                     ips, data_ms = (step - step_last) * args.batch_size * world / (time.time() - t_last), 1000 * data_time / (step - step_last)
                     print(f"epoch {state['epoch'] + 1} iter {step}/{total} | " + ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
@@ -649,12 +653,6 @@ def export_official(args, given=None):
     print(f"wrote {args.export_official}/latest_net_G.pth and latest_net_D.pth")
 
 PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense bf16 FLOP/s, for the MFU
-
-def count_flops(step_fn):
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        step_fn()
-    return counter.get_total_flops()
 
 def benchmark(args, step_fn, device, n_images, flops):
     """Times step_fn (the configured training step on fixed random tensors) after a warm-up; prints
