@@ -99,6 +99,12 @@ def norm_layer(norm, channels):
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     return nn.BatchNorm2d(channels) if norm in ('batch', 'syncbatch') else nn.Identity()
 
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """Pads in the input's own dtype: CPU autocast would cast to float32 and back around each convolution."""
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
 class UnetBlock(nn.Module):
     """One level of the U-Net: downsample, the inner levels, upsample, and a skip connection that
     concatenates this level's input to its output. Built from the innermost level outwards."""
@@ -143,8 +149,8 @@ class UnetGenerator(nn.Module):
 class ResnetBlock(nn.Module):
     def __init__(self, dim, norm, bias, dropout):
         super().__init__()
-        self.conv_block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim),
-                                        nn.ReLU(True), *([nn.Dropout(0.5)] if dropout else []), nn.ReflectionPad2d(1),
+        self.conv_block = nn.Sequential(ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim),
+                                        nn.ReLU(True), *([nn.Dropout(0.5)] if dropout else []), ReflectionPad2d(1),
                                         nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim))
 
     def forward(self, x):
@@ -155,7 +161,7 @@ class ResnetGenerator(nn.Module):
     def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='batch', n_blocks=9, dropout=False):
         super().__init__()
         bias = norm == 'instance'
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)]
+        layers = [ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)]
         for i in range(2):
             c = ngf * 2 ** i
             layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm_layer(norm, 2 * c), nn.ReLU(True)]
@@ -163,7 +169,7 @@ class ResnetGenerator(nn.Module):
         for i in range(2):
             c = ngf * 4 // 2 ** i
             layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm_layer(norm, c // 2), nn.ReLU(True)]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_nc, 7), nn.Tanh()]
+        layers += [ReflectionPad2d(3), nn.Conv2d(ngf, out_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -480,8 +486,8 @@ def train(args, given):
     for name, net in [('G', G), ('D', D)]:
         master and print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
     D_loss = DiscriminatorLoss(D, args.gan_mode, args.norm in ('instance', 'none'))
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
     state = dict(epoch=0, epoch_iter=0, step=0)
     if ckpt:  # everything needed to continue exactly: weights, optimizers, position, RNG
         for k, obj in dict(G=G, D=D, opt_G=opt_G, opt_D=opt_D).items():
@@ -655,17 +661,16 @@ def export_official(args, given=None):
 PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense bf16 FLOP/s, for the MFU
 
 def benchmark(args, step_fn, device, n_images, flops):
-    """Times step_fn (the configured training step on fixed random tensors) after a warm-up; prints
-    one figure per line, then all of them as one JSON object."""
-    import resource
-    sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
-    iters = args.max_iters or 10
-    for i in range(3 + iters):
-        if i == 3:  # three warm-up steps
-            sync(); t = time.perf_counter()
+    """Times step_fn (the configured training step on fixed random tensors) after three warm-up steps; the
+    median over --max_iters steps (default 10), as the official figures in the README. Prints one figure
+    per line, then all of them as one JSON object."""
+    import resource, statistics
+    sync, times = torch.cuda.synchronize if device.type == 'cuda' else lambda: None, []
+    for _ in range(3 + (args.max_iters or 10)):
+        sync(); t = time.perf_counter()
         step_fn()
-    sync()
-    sec = (time.perf_counter() - t) / iters
+        sync(); times.append(time.perf_counter() - t)
+    sec = statistics.median(times[3:])
     name = torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     result = dict(ms_per_iter=1000 * sec, images_per_s=n_images / sec, flops_per_iter=flops, flops_per_s=flops / sec,

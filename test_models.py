@@ -1,6 +1,6 @@
 """The specification of cyclegan.py, pixelgan.py and data.py, as tests. Small sizes and widths keep
 the whole file to a few minutes on two CPU cores."""
-import json, os, pickle, subprocess, sys
+import contextlib, copy, json, os, pickle, subprocess, sys
 import numpy as np
 import pytest
 import torch
@@ -100,13 +100,36 @@ def test_one_batched_call_equals_separate_calls_with_instance_norm():
     torch.manual_seed(0)
     G_A, G_B = cyclegan.ResnetGenerator(ngf=4, n_blocks=2), cyclegan.ResnetGenerator(ngf=4, n_blocks=2)
     A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
-    batched = cyclegan.Generators(G_A, G_B, batch_calls=True)(A, B)
-    separate = cyclegan.Generators(G_A, G_B, batch_calls=False)(A, B)
-    for x, y in zip(batched, separate):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    for a_to_b in (True, False):
+        batched = cyclegan.Generators(G_A, G_B, batch_calls=True)(A, B, a_to_b)
+        separate = cyclegan.Generators(G_A, G_B, batch_calls=False)(A, B, a_to_b)
+        for x, y in zip(batched, separate):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
     D = cyclegan.Discriminators(cyclegan.NLayerDiscriminator(ndf=4), cyclegan.NLayerDiscriminator(ndf=4), True, 'lsgan')
     D_sep = cyclegan.Discriminators(D.D_A, D.D_B, False, 'lsgan')
     torch.testing.assert_close(torch.stack(D(A, B, A.flip(0), B.flip(0))), torch.stack(D_sep(A, B, A.flip(0), B.flip(0))))
+
+def test_generator_step_follows_the_full_objective_in_one_piece():
+    """train_step runs a backward per cycle; the generators' gradients are those of the paper's Eq. 3."""
+    torch.manual_seed(0)
+    args, _ = cyclegan.parse_args(['--dataroot', 'x', '--ngf', '4', '--ndf', '4', '--pool_size', '0'])
+    nets = [cyclegan.build_generator(args), cyclegan.build_generator(args),
+            cyclegan.build_discriminator(args), cyclegan.build_discriminator(args)]
+    G_A, G_B, D_A, D_B = copy.deepcopy(nets)  # the reference, before the step changes the weights
+    A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    fake_B, fake_A = G_A(A), G_B(B)
+    objective = (F.mse_loss(D_A(fake_B), torch.ones_like(D_A(fake_B))) + F.mse_loss(D_B(fake_A), torch.ones_like(D_B(fake_A)))
+                 + 10 * F.l1_loss(G_B(fake_B), A) + 10 * F.l1_loss(G_A(fake_A), B)  # lambda_A = lambda_B = 10
+                 + 0.5 * 10 * F.l1_loss(G_A(B), B) + 0.5 * 10 * F.l1_loss(G_B(A), A))  # lambda_identity 0.5
+    objective.backward()
+    G, D = cyclegan.Generators(*nets[:2], batch_calls=True), cyclegan.Discriminators(*nets[2:], True, args.gan_mode)
+    opt_G, opt_D = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    pool = cyclegan.ImagePool(0)
+    losses = cyclegan.train_step(G, D, opt_G, opt_D, pool, pool, A, B, args, contextlib.nullcontext(),
+                                 torch.amp.GradScaler('cpu', enabled=False))
+    assert sum(losses[k] for k in ('G_A', 'G_B', 'cycle_A', 'cycle_B', 'idt_A', 'idt_B')).item() == pytest.approx(objective.item())
+    for ours, ref in zip([*nets[0].parameters(), *nets[1].parameters()], [*G_A.parameters(), *G_B.parameters()]):
+        torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-3, atol=1e-5)
 
 # -----------------------------------------------------------------------------
 # losses, pool, schedule
