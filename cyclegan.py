@@ -394,7 +394,7 @@ def setup(args):
     """Device, distributed process group (under torchrun), seeds, autocast and the grad scaler."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
     rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-    device = torch.device(pick_device(args.device))
+    device = pick_device(args.device)
     if ddp:
         if device.type == 'cuda':
             device = torch.device('cuda', int(os.environ['LOCAL_RANK'])); torch.cuda.set_device(device)
@@ -411,7 +411,7 @@ def setup(args):
     return ddp, rank, world, device, autocast, scaler
 
 def pick_device(name):
-    return name if name != 'auto' else 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    return torch.device(name if name != 'auto' else 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu')
 
 def resume_args(args, given, path):
     """The checkpoint's args with the flags given now on top; architecture flags must not change."""
@@ -534,6 +534,7 @@ def train(args, given):
     total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
     total = min(total, args.max_iters or total)
     t0, t_last, step_last, data_time = time.time(), time.time(), state['step'], 0.0
+    due = lambda freq: master and (state['step'] % freq == 0 or state['step'] == total)  # rank 0, every freq and at the end
     while state['step'] < total and not stop:
         for group in opt_G.param_groups + opt_D.param_groups:
             group['lr'] = args.lr * lr_factor(state['epoch'], args.n_epochs, args.n_epochs_decay)
@@ -554,19 +555,19 @@ def train(args, given):
                     finite, stop[:] = not flags[0], stop or [None] * bool(flags[1])
                 if not finite:
                     diverged(f"loss ({losses})")
-                if master and (step % args.print_freq == 0 or step == total):
+                if due(args.print_freq):
                     ips, data_ms = (step - step_last) * args.batch_size * world / (time.time() - t_last), 1000 * data_time / (step - step_last)
                     print(f"epoch {state['epoch'] + 1} iter {step}/{total} | " + ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
                           + f" | {ips:.1f} img/s, data {data_ms:.0f} ms/it | ETA {(total - step) / ips * args.batch_size * world / 60:.1f} min")
                     log(dict(epoch=state['epoch'] + 1, lr=opt_G.param_groups[0]['lr'], images_per_s=ips, data_ms_per_iter=data_ms, **losses))
                     t_last, step_last, data_time = time.time(), step, 0.0
-                if master and (step % args.display_freq == 0 or step == total):
+                if due(args.display_freq):
                     save_samples(G_A, G_B, fixed[a].to(device), fixed[b].to(device), os.path.join(args.out_dir, f"samples_{step:07d}.png"))
-                if master and test_loader and (step % args.eval_freq == 0 or step == total):
+                if test_loader and due(args.eval_freq):
                     scores = evaluate(G_A, G_B, test_loader, device, a, b)
                     print(f"eval at iter {step}: " + ' '.join(f"{k} {v:.3f}" for k, v in scores.items()))
                     log(scores)
-                if master and (step % args.save_latest_freq == 0 or step == total or stop):
+                if due(args.save_latest_freq) or master and stop:
                     save()
                 if step >= total or stop:
                     break
@@ -593,7 +594,7 @@ def train(args, given):
 @torch.no_grad()
 def translate(args):
     """Every image under args.translate through the generator, at its own size."""
-    device = torch.device(pick_device(args.device))
+    device = pick_device(args.device)
     G = generator_from_file(args.ckpt or os.path.join(args.out_dir, 'ckpt.pt'), args.direction).to(device).eval()
     paths = [args.translate] if os.path.isfile(args.translate) else data.find_images(args.translate)
     base = os.path.dirname(args.translate) if os.path.isfile(args.translate) else args.translate

@@ -293,20 +293,21 @@ def main(argv=None):
     p.add_argument('--list', action='store_true', help='print the known names and exit')
     p.add_argument('--root', default=None, help='destination folder (default datasets/ or pretrained/)')
     a = p.parse_args(argv)
-    urls = known_urls('model' if a.command == 'download-model' else 'dataset')
+    model = a.command == 'download-model'
+    urls, root = known_urls('model' if model else 'dataset'), a.root or ('pretrained' if model else 'datasets')
     if a.list or not a.name:
         return print('\n'.join(sorted(urls)) if a.command != 'unpack' else 'usage: python data.py unpack FILE')
     if a.command == 'unpack':
-        return print(unpack(a.name, root=a.root or 'datasets'))
+        return print(unpack(a.name, root=root))
     if a.name not in urls:
         raise DataError(f"unknown name '{a.name}'; 'python data.py {a.command} --list' prints the known ones")
-    if a.command == 'download-model':
-        fetch(urls[a.name], os.path.join(a.root or 'pretrained', a.name + '.pth'))
-        return print(os.path.join(a.root or 'pretrained', a.name + '.pth'))
-    os.makedirs(a.root or 'datasets', exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=a.root or 'datasets', prefix='.download-') as tmp:
+    if model:
+        fetch(urls[a.name], os.path.join(root, a.name + '.pth'))
+        return print(os.path.join(root, a.name + '.pth'))
+    os.makedirs(root, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix='.download-') as tmp:
         fetch(urls[a.name], os.path.join(tmp, os.path.basename(urls[a.name])))
-        print(unpack(os.path.join(tmp, os.path.basename(urls[a.name])), a.name, a.root or 'datasets'))
+        print(unpack(os.path.join(tmp, os.path.basename(urls[a.name])), a.name, root))
 
 if __name__ == '__main__':
     try:

@@ -550,6 +550,7 @@ def train(args, given):
     total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
     total = min(total, args.max_iters or total)
     t0, t_last, step_last, data_time = time.time(), time.time(), state['step'], 0.0
+    due = lambda freq: master and (state['step'] % freq == 0 or state['step'] == total)  # rank 0, every freq and at the end
     while state['step'] < total and not stop:
         for group in opt_G.param_groups + opt_D.param_groups:
             group['lr'] = args.lr * lr_factor(state['epoch'], args.n_epochs, args.n_epochs_decay)
@@ -570,20 +571,20 @@ def train(args, given):
                     finite, stop[:] = not flags[0], stop or [None] * bool(flags[1])
                 if not finite:
                     diverged(f"loss ({losses})")
-                if master and (step % args.print_freq == 0 or step == total):
+                if due(args.print_freq):
                     ips, data_ms = (step - step_last) * args.batch_size * world / (time.time() - t_last), 1000 * data_time / (step - step_last)
                     print(f"epoch {state['epoch'] + 1} iter {step}/{total} | " + ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
                           + f" | {ips:.1f} img/s, data {data_ms:.0f} ms/it | ETA {(total - step) / ips * args.batch_size * world / 60:.1f} min")
                     log(dict(epoch=state['epoch'] + 1, lr=opt_G.param_groups[0]['lr'], images_per_s=ips, data_ms_per_iter=data_ms, **losses))
                     t_last, step_last, data_time = time.time(), step, 0.0
-                if master and (step % args.display_freq == 0 or step == total):
+                if due(args.display_freq):
                     save_samples(G, fixed['A'].to(device), fixed['B'].to(device), os.path.join(args.out_dir, f"samples_{step:07d}.png"),
                                  args.test_train_mode)
-                if master and test_loader and (step % args.eval_freq == 0 or step == total):
+                if test_loader and due(args.eval_freq):
                     scores = evaluate(G, test_loader, device, args.test_train_mode)
                     print(f"eval at iter {step}: " + ' '.join(f"{k} {v:.3f}" for k, v in scores.items()))
                     log(scores)
-                if master and (step % args.save_latest_freq == 0 or step == total or stop):
+                if due(args.save_latest_freq) or master and stop:
                     save()
                 if step >= total or stop:
                     break
