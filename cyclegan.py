@@ -1,40 +1,55 @@
-"""CycleGAN in one file: unpaired image-to-image translation (Zhu et al., ICCV 2017, arXiv:1703.10593).
+"""CycleGAN in one file: unpaired image-to-image translation (Zhu et al., ICCV 2017,
+arXiv:1703.10593).
 
-    python cyclegan.py                                   # built-in synthetic task, minutes on a CPU
-    python cyclegan.py --dataroot datasets/horse2zebra   # the paper's recipe
-    python cyclegan.py --resume                          # continue out/cyclegan/ckpt.pt
+    python cyclegan.py                                  # built-in synthetic task, minutes on a CPU
+    python cyclegan.py --dataroot datasets/horse2zebra  # the paper's recipe
+    python cyclegan.py --resume                         # continue out/cyclegan/ckpt.pt
     python cyclegan.py --translate photos/ --ckpt out/cyclegan/ckpt.pt
     torchrun --standalone --nproc_per_node=8 cyclegan.py --dataroot ...
 
-Read top to bottom: config, networks, losses, the training step, the loop, inference.
+Two generators learn the two directions, G_A: A -> B and G_B: B -> A. Two discriminators judge
+them: D_A tells real B images from G_A's fakes, D_B real A images from G_B's. These are the
+official code's names; the paper calls G_A, G_B, D_A, D_B G, F, D_Y, D_X.
+
+Read top to bottom: config, networks, losses and the image pool, the training step, the
+training loop, inference and export, the benchmark, main.
 """
-import argparse, contextlib, functools, json, math, os, re, signal, sys, time
+import argparse, contextlib, functools, json, math, os, re, signal, statistics, sys, time
 import torch
-import torch.utils.flop_counter
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.flop_counter
 import torchvision
 import data
 
 # -----------------------------------------------------------------------------
 # config: the official flags keep their names and defaults; the rest are marked "new"
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a wrong flag or value is one line (the error), not the usage text too."""
+    def error(self, message):
+        sys.exit(f"error: {message}; --help lists the flags")
+
 def get_parser():
-    p = argparse.ArgumentParser(description='CycleGAN: unpaired image-to-image translation')
+    p = ArgumentParser(description='CycleGAN: unpaired image-to-image translation')
     a = p.add_argument
-    a('--dataroot', default=None, help='folder with trainA/trainB(/testA/testB); none: the built-in synthetic task')
+    a('--dataroot', default=None,
+      help='folder with trainA, trainB (and testA, testB); none: the built-in synthetic task')
     a('--netG', default='resnet_9blocks', choices=['resnet_9blocks', 'resnet_6blocks'])
-    a('--netD', default='basic', choices=['basic', 'n_layers', 'pixel'], help='basic = 70x70 PatchGAN, pixel = 1x1')
+    a('--netD', default='basic', choices=['basic', 'n_layers', 'pixel'],
+      help='basic = 70x70 PatchGAN, pixel = 1x1')
     a('--n_layers_D', type=int, default=3, help='depth of the n_layers discriminator')
     a('--ngf', type=int, default=64, help='generator width (filters in the first conv)')
     a('--ndf', type=int, default=64, help='discriminator width')
     a('--norm', default='instance', choices=['instance', 'batch', 'syncbatch', 'none'])
     a('--init_type', default='normal', choices=['normal', 'xavier', 'kaiming', 'orthogonal'])
-    a('--init_gain', type=float, default=0.02, help='std of the normal init (gain for xavier/orthogonal)')
+    a('--init_gain', type=float, default=0.02,
+      help='std of the normal init (gain for xavier/orthogonal)')
     a('--gan_mode', default='lsgan', choices=['lsgan', 'vanilla', 'wgangp'])
     a('--lambda_A', type=float, default=10.0, help='weight of the cycle loss A -> B -> A')
     a('--lambda_B', type=float, default=10.0, help='weight of the cycle loss B -> A -> B')
-    a('--lambda_identity', type=float, default=0.5, help='identity loss weight, relative to lambda_A/B')
+    a('--lambda_identity', type=float, default=0.5,
+      help='identity loss weight, relative to lambda_A/B')
     a('--pool_size', type=int, default=50, help='image replay buffer size; 0 disables it')
     a('--lr', type=float, default=0.0002)
     a('--beta1', type=float, default=0.5, help='Adam beta1')
@@ -43,10 +58,12 @@ def get_parser():
     a('--batch_size', type=int, default=1, help='per process')
     a('--load_size', type=int, default=286, help='resize images to this size ...')
     a('--crop_size', type=int, default=256, help='... then randomly crop to this size')
-    a('--preprocess', default='resize_and_crop', choices=['resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none'])
+    a('--preprocess', default='resize_and_crop',
+      choices=['resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none'])
     a('--no_flip', action='store_true', help='no random horizontal flips')
     a('--serial_batches', action='store_true', help='take images in order instead of shuffled')
-    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'], help='swap the domains (and, with --translate, which generator)')
+    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'],
+      help='swap the domains (and, with --translate, which generator)')
     a('--num_threads', type=int, default=4, help='data loader worker processes')
     a('--max_dataset_size', type=int, default=None, help='use at most this many images per domain')
     a('--print_freq', type=int, default=100, help='iterations between progress lines')
@@ -55,76 +72,119 @@ def get_parser():
     a('--seed', type=int, default=0)
     a('--out_dir', default='out/cyclegan', help='new: checkpoint, samples and log.jsonl go here')
     a('--max_iters', type=int, default=None, help='new: stop after this many iterations')
-    a('--eval_freq', type=int, default=1000, help='new: iterations between evaluations on held-out images')
+    a('--eval_freq', type=int, default=1000,
+      help='new: iterations between evaluations on held-out images')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
-    a('--ckpt', default=None, help='new: checkpoint or official generator .pth to resume from / translate with')
-    a('--translate', default=None, metavar='PATH', help='new: translate an image or a folder and exit')
+    a('--ckpt', default=None,
+      help='new: checkpoint or official generator .pth to resume from / translate with')
+    a('--translate', default=None, metavar='PATH',
+      help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/cyclegan', help='new: where --translate writes')
-    a('--export_official', default=None, metavar='DIR', help='new: write --ckpt as the official latest_net_*.pth files')
+    a('--export_official', default=None, metavar='DIR',
+      help='new: write --ckpt as the official latest_net_*.pth files')
     a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     a('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
-      help='new: autocast precision of the networks; auto: bfloat16 where the hardware runs it fast')
+      help='new: autocast precision of the networks; auto: bfloat16 where the hardware is fast')
     a('--compile', action='store_true', help='new: torch.compile the networks')
-    a('--benchmark', action='store_true', help='new: time the training step on random tensors and exit')
+    a('--benchmark', action='store_true',
+      help='new: time the training step on random tensors and exit')
     a('--tensorboard', action='store_true', help='new: also log to out_dir/tensorboard')
     return p
 
 # Without --dataroot: a small preset that trains the synthetic task in minutes on 2 CPU cores.
 # Flags given on the command line override it; with a dataroot the official defaults hold.
-SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=32, ndf=32, crop_size=64, load_size=64, num_threads=0, n_epochs=1,
-                        n_epochs_decay=1, print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
+SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=32, ndf=32, crop_size=64, load_size=64,
+                        num_threads=0, n_epochs=1, n_epochs_decay=1, print_freq=50,
+                        display_freq=250, eval_freq=500, save_latest_freq=500)
+SYNTHETIC_TASK = 'the built-in synthetic task (plain -> zebra-striped animals)'
 SCRIPT = 'cyclegan'
+NETWORKS = ['G_A', 'G_B', 'D_A', 'D_B']  # their names in the checkpoint and the official files
 ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm']  # these must match to resume
+FLAG_MINIMUM = dict(n_layers_D=1, ngf=1, ndf=1, batch_size=1, load_size=1, crop_size=1,
+                    max_dataset_size=1, print_freq=1, display_freq=1, save_latest_freq=1,
+                    eval_freq=1, lambda_A=0, lambda_B=0, lambda_identity=0, pool_size=0,
+                    n_epochs=0, n_epochs_decay=0, num_threads=0, max_iters=0)
+
+def check_flags(args):
+    """Each numeric flag within its range, or one line naming the flag, its value and the range,
+    before any work starts."""
+    for name, lowest in FLAG_MINIMUM.items():
+        value = getattr(args, name)
+        if value is not None and value < lowest:
+            sys.exit(f"error: --{name} {value}: must be at least {lowest}")
+    for name in ('lr', 'init_gain'):
+        if not getattr(args, name) > 0:
+            sys.exit(f"error: --{name} {getattr(args, name)}: must be above 0")
+    if not 0 <= args.beta1 < 1:
+        sys.exit(f"error: --beta1 {args.beta1}: must be at least 0 and below 1")
+    if 'crop' not in args.preprocess and args.batch_size > 1:
+        sys.exit(f"error: --preprocess {args.preprocess} keeps each image's own size, so a batch "
+                 f"holds one image; use --batch_size 1 or a --preprocess with a crop")
 
 def parse_args(argv=None):
-    """Returns the args and the flags that were given explicitly (they override preset and checkpoint)."""
+    """Returns the args and the flags given explicitly (they override preset and checkpoint)."""
     parser = get_parser()
     args = parser.parse_args(argv)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     given = vars(parser.parse_args(argv))
     if args.dataroot is None and not args.resume and not args.benchmark:
-        vars(args).update({k: v for k, v in SYNTHETIC_PRESET.items() if k not in given})
+        preset = {k: v for k, v in SYNTHETIC_PRESET.items() if k not in given}
+        vars(args).update(preset)
+    check_flags(args)
     return args, given
 
 # -----------------------------------------------------------------------------
-# networks (layouts and state_dict keys exactly as the official code, so its .pth files load)
+# networks: layouts and state_dict keys exactly as the official code, so its .pth files load
 
 def norm_layer(norm, channels):
+    """Instance norm keeps no weights and no statistics, as in the official code."""
     if norm == 'instance':
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
-    return nn.BatchNorm2d(channels) if norm in ('batch', 'syncbatch') else nn.Identity()
+    if norm in ('batch', 'syncbatch'):
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
 
 class ReflectionPad2d(nn.ReflectionPad2d):
-    """Pads in the input's own dtype. CPU autocast would run the padding in float32: a cast to float32 and
-    back around every convolution, 3% slower and 15% more peak memory (measured at 256 px, bf16)."""
+    """Pads in the input's own dtype. CPU autocast would run the padding in float32: a cast to
+    float32 and back around every convolution, 3% slower and 15% more peak memory (measured at
+    256 px, bfloat16). Padding copies values, so no number changes."""
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
             return super().forward(x)
 
 class ResnetBlock(nn.Module):
-    def __init__(self, dim, norm, bias):
+    """Two 3x3 convolutions added to the input (no ReLU after the sum). With dropout (a pix2pix
+    option) the second convolution moves from index 5 to 6, as in the official files."""
+    def __init__(self, dim, norm, bias, dropout=False):
         super().__init__()
-        self.conv_block = nn.Sequential(ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim),
-                                        nn.ReLU(True), ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias),
-                                        norm_layer(norm, dim))
+        layers = [ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim),
+                  nn.ReLU(True)]
+        if dropout:
+            layers += [nn.Dropout(0.5)]
+        layers += [ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim)]
+        self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x):
-        return x + self.conv_block(x)  # no ReLU after the sum
+        return x + self.conv_block(x)
 
 class ResnetGenerator(nn.Module):
-    """c7s1-64, d128, d256, n_blocks x R256, u128, u64, c7s1-3 (the paper's appendix); tanh output."""
-    def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='instance', n_blocks=9):
+    """CycleGAN's generator: c7s1-64, d128, d256, n_blocks x R256, u128, u64, c7s1-3 (the
+    paper's appendix), tanh output. Output size = input size, for sides that are multiples of 4."""
+    def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='instance', n_blocks=9, dropout=False):
         super().__init__()
         bias = norm == 'instance'  # as the official code: a bias only before instance norm
-        layers = [ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)]
+        layers = [ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf),
+                  nn.ReLU(True)]
         for i in range(2):  # downsample
             c = ngf * 2 ** i
-            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm_layer(norm, 2 * c), nn.ReLU(True)]
-        layers += [ResnetBlock(ngf * 4, norm, bias) for _ in range(n_blocks)]
+            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm_layer(norm, 2 * c),
+                       nn.ReLU(True)]
+        layers += [ResnetBlock(ngf * 4, norm, bias, dropout) for _ in range(n_blocks)]
         for i in range(2):  # upsample
             c = ngf * 4 // 2 ** i
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm_layer(norm, c // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias),
+                       norm_layer(norm, c // 2), nn.ReLU(True)]
         layers += [ReflectionPad2d(3), nn.Conv2d(ngf, out_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -132,14 +192,16 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 class NLayerDiscriminator(nn.Module):
-    """PatchGAN: n_layers=3 is the 70x70 'basic' D, n_layers=1 a 16x16 patch. Outputs logits."""
+    """PatchGAN: n_layers=3 judges 70x70 patches ('basic'), n_layers=1 16x16 ones. Logits out."""
     def __init__(self, in_nc=3, ndf=64, n_layers=3, norm='instance'):
         super().__init__()
         bias = norm == 'instance'
-        layers, c = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
-        for n in range(1, n_layers + 1):  # the last of these keeps stride 1
+        layers = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        c = ndf
+        for n in range(1, n_layers + 1):
             c_next = ndf * min(2 ** n, 8)
-            layers += [nn.Conv2d(c, c_next, 4, 2 if n < n_layers else 1, 1, bias=bias), norm_layer(norm, c_next),
+            stride = 2 if n < n_layers else 1  # the last of these keeps the resolution
+            layers += [nn.Conv2d(c, c_next, 4, stride, 1, bias=bias), norm_layer(norm, c_next),
                        nn.LeakyReLU(0.2, True)]
             c = c_next
         layers += [nn.Conv2d(c, 1, 4, 1, 1)]
@@ -149,116 +211,159 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 class PixelDiscriminator(nn.Module):
-    """1x1 PixelGAN: judges every pixel on its own (pix2pix, section 4.4)."""
+    """1x1 PixelGAN: judges every pixel on its own. In the pix2pix paper (section 4.4) it adds
+    colourfulness, not sharpness. Logits out."""
     def __init__(self, in_nc=3, ndf=64, norm='instance'):
         super().__init__()
         bias = norm == 'instance'
-        self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(ndf, 2 * ndf, 1, bias=bias),
-                                 norm_layer(norm, 2 * ndf), nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
+        self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, True),
+                                 nn.Conv2d(ndf, 2 * ndf, 1, bias=bias), norm_layer(norm, 2 * ndf),
+                                 nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
 
     def forward(self, x):
         return self.net(x)
 
 def init_weights(net, init_type='normal', gain=0.02):
-    """Conv weights N(0, gain) (or xavier/kaiming/orthogonal), biases 0; batch norm weights N(1, gain)."""
-    init = dict(normal=lambda w: nn.init.normal_(w, 0.0, gain), xavier=lambda w: nn.init.xavier_normal_(w, gain),
-                kaiming=lambda w: nn.init.kaiming_normal_(w, a=0, mode='fan_in'), orthogonal=lambda w: nn.init.orthogonal_(w, gain))
+    """The official init: conv weights N(0, gain) (or xavier, kaiming, orthogonal), biases 0;
+    batch norm weights N(1, gain), biases 0."""
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            init[init_type](m.weight)
-            m.bias is None or nn.init.zeros_(m.bias)
+            if init_type == 'normal':
+                nn.init.normal_(m.weight, 0.0, gain)
+            elif init_type == 'xavier':
+                nn.init.xavier_normal_(m.weight, gain)
+            elif init_type == 'kaiming':
+                nn.init.kaiming_normal_(m.weight, a=0, mode='fan_in')
+            else:
+                nn.init.orthogonal_(m.weight, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, gain); nn.init.zeros_(m.bias)
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
     return net
 
 def build_generator(args):
-    return init_weights(ResnetGenerator(3, 3, args.ngf, args.norm, 9 if args.netG == 'resnet_9blocks' else 6),
-                        args.init_type, args.init_gain)
+    n_blocks = 9 if args.netG == 'resnet_9blocks' else 6
+    G = ResnetGenerator(3, 3, args.ngf, args.norm, n_blocks)
+    return init_weights(G, args.init_type, args.init_gain)
 
 def build_discriminator(args):
+    """Unconditional: it sees one image of its domain (3 channels)."""
     if args.netD == 'pixel':
-        return init_weights(PixelDiscriminator(3, args.ndf, args.norm), args.init_type, args.init_gain)
-    n_layers = 3 if args.netD == 'basic' else args.n_layers_D
-    return init_weights(NLayerDiscriminator(3, args.ndf, n_layers, args.norm), args.init_type, args.init_gain)
+        D = PixelDiscriminator(3, args.ndf, args.norm)
+    else:
+        n_layers = 3 if args.netD == 'basic' else args.n_layers_D
+        D = NLayerDiscriminator(3, args.ndf, n_layers, args.norm)
+    return init_weights(D, args.init_type, args.init_gain)
 
 # -----------------------------------------------------------------------------
 # losses and the image pool
 
 def gan_loss(pred, target_is_real, gan_mode):
-    """The adversarial loss (paper Eq. 1): least squares by default (section 4), BCE for 'vanilla',
-    the critic's mean for WGAN-GP. Always in float32."""
+    """The adversarial loss (Eq. 1 of both papers): least squares ('lsgan', CycleGAN's default),
+    binary cross-entropy on logits ('vanilla', pix2pix's), or the critic's mean ('wgangp').
+    Always in float32."""
     pred = pred.float()
+    target = torch.full_like(pred, float(target_is_real))
     if gan_mode == 'lsgan':
-        return F.mse_loss(pred, torch.full_like(pred, float(target_is_real)))
+        return F.mse_loss(pred, target)
     if gan_mode == 'vanilla':
-        return F.binary_cross_entropy_with_logits(pred, torch.full_like(pred, float(target_is_real)))
-    return -pred.mean() if target_is_real else pred.mean()
+        return F.binary_cross_entropy_with_logits(pred, target)
+    if target_is_real:
+        return -pred.mean()
+    return pred.mean()
 
 def gradient_penalty(D, real, fake, weight=10.0):
-    """WGAN-GP (Gulrajani et al. 2017): push ||grad D|| to 1 on random interpolates of real and fake."""
+    """WGAN-GP (Gulrajani et al. 2017): push ||grad D|| to 1 on random mixes of real and fake."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(mix).float().sum(), mix, create_graph=True)
     return weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 class ImagePool:
-    """Replay buffer of generated images (section 4, after Shrivastava et al.): once full, each
-    query returns, with probability 1/2, a stored older image and stores the new one in its place."""
+    """The replay buffer of generated images (section 4, after Shrivastava et al.): D learns from
+    a history of fakes, not only the latest ones. Once full, each query returns, with probability
+    1/2, a stored older image and keeps the new one in its place."""
     def __init__(self, size):
-        self.size, self.images = size, []
+        self.size = size
+        self.images = []
 
     def query(self, images):
-        if self.size == 0:  # --pool_size 0: the latest images only (detached: D's step must not reach G)
-            return images.detach()
+        if self.size == 0:  # --pool_size 0: the latest images only
+            return images.detach()  # detached: D's step must not reach into G's graph
         out = []
         for img in images.detach():
             if len(self.images) < self.size:
-                self.images.append(img); out.append(img)
+                self.images.append(img)
+                out.append(img)
             elif torch.rand(1).item() < 0.5:
                 j = torch.randint(self.size, (1,)).item()
-                out.append(self.images[j]); self.images[j] = img
+                out.append(self.images[j].to(img.device))  # (restored from a checkpoint: CPU)
+                self.images[j] = img
             else:
                 out.append(img)
         return torch.stack(out)
 
+    def state_dict(self):
+        return [x.cpu() for x in self.images]
+
+    def load_state_dict(self, images):
+        self.images = list(images)
+
 def lr_factor(epoch, n_epochs, n_epochs_decay):
-    """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay (official rule)."""
+    """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay
+    (the official rule)."""
     return 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1)
 
 # -----------------------------------------------------------------------------
 # the training step. Both generators form one module (and both discriminators another) so that
-# data parallelism sees one forward per backward: one per cycle for the generators, one in all for D.
+# data parallelism sees one forward per backward: one per cycle for G, one in all for D.
 
 class Generators(nn.Module):
     def __init__(self, G_A, G_B, batch_calls):
         super().__init__()
-        self.G_A, self.G_B, self.batch_calls = G_A, G_B, batch_calls
+        self.G_A = G_A
+        self.G_B = G_B
+        self.batch_calls = batch_calls
 
     def forward(self, real, other, a_to_b):
-        """One cycle (the paper's Fig. 3): with there, back = G_A, G_B if a_to_b else G_B, G_A, returns
-        fake = there(real), rec = back(fake) and the identity image there(other). With instance norm (per-sample
-        statistics) real and other can share one call exactly; batch norm would mix their statistics, so then
-        each has its own."""
+        """One cycle (the paper's Fig. 3). a_to_b: fake = G_A(real), rec = G_B(fake) and the
+        identity image G_A(other); else the same with G_A and G_B swapped. Instance norm keeps
+        statistics per sample, so real and other can share one call exactly; batch norm would mix
+        them, so then each has its own call."""
         there, back = (self.G_A, self.G_B) if a_to_b else (self.G_B, self.G_A)
-        if self.batch_calls and real.shape == other.shape:  # (scale_width can give A and B other sizes)
+        if self.batch_calls and real.shape == other.shape:  # scale_width: sizes can differ
             fake, idt = there(torch.cat([real, other])).chunk(2)
         else:
-            fake, idt = there(real), there(other)
+            fake = there(real)
+            idt = there(other)
         return fake, back(fake), idt
 
 class Discriminators(nn.Module):
+    """D_A tells real B from fake B, D_B real A from fake A (step 3 of the recipe). Each loss is
+    halved, as in the official code, which slows D down relative to G."""
     def __init__(self, D_A, D_B, batch_calls, gan_mode):
         super().__init__()
-        self.D_A, self.D_B, self.batch_calls, self.gan_mode = D_A, D_B, batch_calls, gan_mode
+        self.D_A = D_A
+        self.D_B = D_B
+        self.batch_calls = batch_calls
+        self.gan_mode = gan_mode
 
     def loss(self, D, real, fake):
-        one_call = self.batch_calls and real.shape == fake.shape
-        pred_real, pred_fake = D(torch.cat([real, fake])).chunk(2) if one_call else (D(real), D(fake))
-        loss = 0.5 * (gan_loss(pred_real, True, self.gan_mode) + gan_loss(pred_fake, False, self.gan_mode))
-        return loss + gradient_penalty(D, real, fake) if self.gan_mode == 'wgangp' else loss
+        if self.batch_calls and real.shape == fake.shape:
+            pred_real, pred_fake = D(torch.cat([real, fake])).chunk(2)
+        else:
+            pred_real = D(real)
+            pred_fake = D(fake)
+        loss_real = gan_loss(pred_real, True, self.gan_mode)
+        loss_fake = gan_loss(pred_fake, False, self.gan_mode)
+        loss = 0.5 * (loss_real + loss_fake)
+        if self.gan_mode == 'wgangp':
+            loss = loss + gradient_penalty(D, real, fake)
+        return loss
 
     def forward(self, real_A, real_B, fake_A, fake_B):
-        """D_A tells real B from fake B, D_B real A from fake A (step 3 of the recipe)."""
         return self.loss(self.D_A, real_B, fake_B), self.loss(self.D_B, real_A, fake_A)
 
 def unwrap(m):
@@ -266,44 +371,133 @@ def unwrap(m):
     return getattr(m, '_orig_mod', m)  # torch.compile
 
 def train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler):
-    """One iteration of the paper's full objective (Eq. 3): a generator step, then a discriminator step."""
+    """One iteration of the paper's full objective (Eq. 3): a generator step, then a
+    discriminator step. Returns the losses, named as in the official code."""
     D_A, D_B = unwrap(D).D_A, unwrap(D).D_B
-    real, lam, fake, loss = dict(A=real_A, B=real_B), dict(A=args.lambda_A, B=args.lambda_B), {}, {}
-    # generator step: the discriminators are frozen, so only the generators get gradients. The objective
-    # is a sum over the two cycles, so each cycle has its own backward: the same gradients, with one
-    # cycle's activations in memory instead of two (measured: 23% less peak memory at 256 px).
+    lambda_idt = args.lambda_identity
+    # generator step, the discriminators frozen. The objective is a sum over the two cycles, so
+    # each cycle gets its own backward: the same gradients, with one cycle's activations in memory
+    # instead of two (measured: 23% less peak memory at 256 px)
     D.requires_grad_(False)
     opt_G.zero_grad(set_to_none=True)
-    for X, Y, D_X in (('A', 'B', D_A), ('B', 'A', D_B)):  # the cycle X -> Y -> X; G_X maps X to Y, D_X judges it
-        first = X == 'A' and hasattr(G, 'no_sync')  # data parallel: all-reduce the gradients once, after both
-        with G.no_sync() if first else contextlib.nullcontext():
-            with autocast:
-                fake[Y], rec, idt = G(real[X], real[Y], a_to_b=X == 'A')
-                loss['G_' + X] = gan_loss(D_X(fake[Y]), True, args.gan_mode)  # Eq. 1: G_X fools D_X
-                loss['cycle_' + X] = lam[X] * F.l1_loss(rec.float(), real[X])  # Eq. 2: back to the start
-                # identity loss (section 5.2, 'photo generation from paintings'): G_X(y) should be y
-                loss['idt_' + X] = args.lambda_identity * lam[Y] * F.l1_loss(idt.float(), real[Y])
-            scaler.scale(loss['G_' + X] + loss['cycle_' + X] + loss['idt_' + X]).backward()
+    # data parallel: the first backward skips the gradient all-reduce; the second does it for both
+    sync_later = G.no_sync() if hasattr(G, 'no_sync') else contextlib.nullcontext()
+    with sync_later:
+        with autocast:
+            # the forward cycle A -> B -> A; idt_A = G_A(B) should leave B as it is
+            fake_B, rec_A, idt_A = G(real_A, real_B, a_to_b=True)
+            loss_G_A = gan_loss(D_A(fake_B), True, args.gan_mode)  # Eq. 1: G_A fools D_A
+            loss_cycle_A = args.lambda_A * F.l1_loss(rec_A.float(), real_A)  # Eq. 2
+            # the identity loss (section 5.2): keeps the colours of photos painted by G
+            loss_idt_A = lambda_idt * args.lambda_B * F.l1_loss(idt_A.float(), real_B)
+        scaler.scale(loss_G_A + loss_cycle_A + loss_idt_A).backward()
+    with autocast:
+        # the backward cycle B -> A -> B; idt_B = G_B(A) should leave A as it is
+        fake_A, rec_B, idt_B = G(real_B, real_A, a_to_b=False)
+        loss_G_B = gan_loss(D_B(fake_A), True, args.gan_mode)  # Eq. 1: G_B fools D_B
+        loss_cycle_B = args.lambda_B * F.l1_loss(rec_B.float(), real_B)  # Eq. 2
+        loss_idt_B = lambda_idt * args.lambda_A * F.l1_loss(idt_B.float(), real_A)
+    scaler.scale(loss_G_B + loss_cycle_B + loss_idt_B).backward()
     scaler.step(opt_G)
     # discriminator step, on a history of generated images rather than only the latest ones
     D.requires_grad_(True)
     with autocast:
-        loss['D_A'], loss['D_B'] = D(real_A, real_B, pool_A.query(fake['A']), pool_B.query(fake['B']))
+        loss_D_A, loss_D_B = D(real_A, real_B, pool_A.query(fake_A), pool_B.query(fake_B))
     opt_D.zero_grad(set_to_none=True)
-    scaler.scale(loss['D_A'] + loss['D_B']).backward()
+    scaler.scale(loss_D_A + loss_D_B).backward()
     scaler.step(opt_D)
     scaler.update()
-    return {k: v.detach() for k, v in loss.items()}
+    losses = dict(G_A=loss_G_A, cycle_A=loss_cycle_A, idt_A=loss_idt_A,
+                  G_B=loss_G_B, cycle_B=loss_cycle_B, idt_B=loss_idt_B, D_A=loss_D_A, D_B=loss_D_B)
+    return {k: v.detach() for k, v in losses.items()}
 
 # -----------------------------------------------------------------------------
-# helpers: device, checkpoints, evaluation, samples
+# the training loop: its helpers first (device, checkpoints, data, networks, metrics, logging),
+# then train() itself
 
-def save_checkpoint(ckpt, path):
-    """Write to a temporary file, fsync, then rename: a crash at any moment leaves the old file intact."""
+def pick_device(name):
+    """--device auto takes CUDA, then MPS, then the CPU; a device that is absent is an error."""
+    present = ['cpu']
+    if torch.cuda.is_available():
+        present.insert(0, 'cuda')
+    if torch.backends.mps.is_available():
+        present.insert(0, 'mps')
+    if name == 'auto':
+        return torch.device(present[0])
+    if name not in present:
+        sys.exit(f"error: --device {name}: not present on this machine (present: "
+                 f"{', '.join(present)}); use --device auto")
+    return torch.device(name)
+
+def fastest_dtype(device):
+    """bfloat16 on CUDA compute capability 8+ and on CPUs with AVX-512 BF16 or AMX."""
+    fast = False
+    if device.type == 'cuda':
+        fast = torch.cuda.get_device_capability(device)[0] >= 8
+    elif device.type == 'cpu' and os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            flags = f.read()
+        fast = 'avx512_bf16' in flags or 'amx_bf16' in flags
+    return 'bfloat16' if fast else 'float32'
+
+def setup(args):
+    """Device, process group (under torchrun), seed, autocast and the gradient scaler."""
+    ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
+    rank, world = 0, 1
+    if ddp:
+        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    device = pick_device(args.device)
+    if ddp and device.type == 'cuda':  # one GPU per process
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        torch.cuda.set_device(device)
+    if ddp:
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    torch.manual_seed(args.seed)  # the same on every process: identical initial weights
+    if args.dtype == 'auto':
+        args.dtype = fastest_dtype(device)
+    dtype = getattr(torch, args.dtype)
+    autocast = contextlib.nullcontext()
+    if dtype != torch.float32:
+        autocast = torch.autocast(device.type, dtype=dtype)
+    use_scaler = dtype == torch.float16 and device.type == 'cuda'
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return ddp, rank, world, device, autocast, scaler
+
+def check_writable(folder, flag):
+    """Fail now rather than at the first save, hours from now."""
+    probe = os.path.join(folder, '.write_test')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        open(probe, 'w').close()
+        os.remove(probe)
+    except OSError as e:
+        sys.exit(f"error: {flag} {folder}: not writable ({e.strerror})")
+
+def checkpoint_path(args):
+    return args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
+
+def first_line(e):
+    """An exception's message in one line, even an empty one."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    return lines[0][:160]
+
+def save_checkpoint(obj, path):
+    """Write to a temporary file, fsync, then rename: a crash at any moment leaves the old file
+    intact. A failed write (a full disk) removes the temporary file and ends with one line."""
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        sys.exit(f"error: could not write {path} ({first_line(e)}); an earlier file there is "
+                 f"unchanged")
 
 def load_file(path):
     """torch.load with weights_only=True: a file whose unpickling would run code is refused."""
@@ -312,43 +506,140 @@ def load_file(path):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        sys.exit(f"error: {path}: not a loadable weights file, or one that would run code when loaded "
-                 f"({str(e).splitlines()[0][:120]})")
+        sys.exit(f"error: {path}: not a loadable weights file, or one that would run code when "
+                 f"loaded ({first_line(e)})")
 
-def load_checkpoint(path):
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or ckpt.get('script') != SCRIPT:
-        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint" +
-                 (f" but a {ckpt['script']}.py one" if isinstance(ckpt, dict) and 'script' in ckpt else ''))
-    return ckpt
+def load_checkpoint(path, obj=None):
+    """Our checkpoint of this script, complete, or one line that says what the file is instead.
+    obj: the file's contents, if already loaded."""
+    if obj is None:
+        obj = load_file(path)
+    if not isinstance(obj, dict) or 'script' not in obj:
+        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint")
+    if obj['script'] != SCRIPT:
+        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint but a {obj['script']}.py one")
+    needed = ['args', 'epoch', 'epoch_iter', 'step', 'world_size', 'rng_cpu', *NETWORKS]
+    missing = [k for k in needed if k not in obj]
+    if missing:
+        sys.exit(f"error: {path}: a {SCRIPT}.py checkpoint without {', '.join(missing)}; it "
+                 f"cannot be used")
+    return obj
 
-def generator_from_file(path, direction='AtoB'):
-    """A generator from our checkpoint or from an official .pth state_dict (architecture inferred
-    from its keys and shapes: number of residual blocks, width, batch vs instance norm)."""
-    obj = load_file(path)
-    if isinstance(obj, dict) and 'script' in obj:
-        if obj['script'] != 'cyclegan':
-            sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py --translate")
-        args = argparse.Namespace(**obj['args'])
-        G = ResnetGenerator(3, 3, args.ngf, args.norm, 9 if args.netG == 'resnet_9blocks' else 6)
-        G.load_state_dict(obj['G_A' if direction == args.direction else 'G_B'])  # G_A learnt the trained direction
-        return G
-    sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()} if isinstance(obj, dict) else {}
-    w = sd.get('model.1.weight')
-    if w is None or w.ndim != 4 or w.shape[-1] != 7:
-        kind = ('a U-Net generator (pix2pix); use pixelgan.py' if 'model.model.0.weight' in sd else
-                'a discriminator' if 'model.0.weight' in sd or 'net.0.weight' in sd else 'not a generator state_dict')
-        sys.exit(f"error: {path}: {kind}; cyclegan.py --translate needs a ResNet generator")
-    batch = any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items())  # affine norm weights
-    n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
-    G = ResnetGenerator(w.shape[1], 3, w.shape[0], 'batch' if batch else 'instance', n_blocks)
-    keys = G.state_dict().keys()  # old official files carry InstanceNorm running stats: drop them
-    G.load_state_dict({k: v for k, v in sd.items() if k in keys or not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))})
-    return G
+def load_weights(net, sd, path):
+    """net.load_state_dict(sd), after dropping the running statistics that old official files
+    carry under InstanceNorm layers; weights that do not fit are one line naming a few keys."""
+    stale = ('running_mean', 'running_var', 'num_batches_tracked')
+    expected = net.state_dict()
+    sd = {k: v for k, v in sd.items() if k in expected or not k.endswith(stale)}
+    found = {
+        'missing': [k for k in expected if k not in sd],
+        'unexpected': [k for k in sd if k not in expected],
+        'of other shapes': [k for k in expected
+                            if k in sd and getattr(sd[k], 'shape', None) != expected[k].shape],
+    }
+    problems = [f"{what}: {', '.join(keys[:3])}" for what, keys in found.items() if keys]
+    if problems:
+        sys.exit(f"error: {path}: not the weights of this {type(net).__name__} "
+                 f"({'; '.join(problems)})")
+    net.load_state_dict(sd)
+    return net
+
+def resume_args(args, given, path):
+    """The checkpoint's args with the flags given now on top; architecture flags must not change.
+    --max_iters holds only if given again."""
+    ckpt = load_checkpoint(path)
+    saved = ckpt['args']
+    diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in ARCH_FLAGS
+            if k in given and given[k] != saved[k]]
+    if diff:
+        sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
+    return argparse.Namespace(**{**saved, 'max_iters': None, **given}), ckpt
+
+def make_data(args, rank, world):
+    """The training loader, and held-out images with the evaluation transform: a loader with
+    ground truth (the synthetic task only) and four fixed samples for the grids."""
+    if args.dataroot is None:
+        train_set = data.Synthetic(args.crop_size, paired=False)
+        test_set = data.Synthetic(args.crop_size, paired=False, train=False)
+    else:
+        tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
+        train_set = data.UnpairedFolders(args.dataroot, 'train', tf, args.serial_batches,
+                                         args.max_dataset_size, args.seed)
+        phase = 'train'  # the grids show held-out images where both domains have some
+        if all(os.path.isdir(os.path.join(args.dataroot, 'test' + d)) for d in 'AB'):
+            phase = 'test'
+        test_tf = data.Transform('resize_and_crop', crop_size=args.crop_size, train=False)
+        test_set = data.UnpairedFolders(args.dataroot, phase, test_tf, serial=True, max_size=4)
+    sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
+    loader = torch.utils.data.DataLoader(
+        train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
+        pin_memory=torch.cuda.is_available(), drop_last=True,
+        generator=torch.Generator())  # its own RNG: the global one stays exact on resume
+    fixed = next(iter(torch.utils.data.DataLoader(test_set, 4)))
+    test_loader = None
+    if args.dataroot is None:
+        test_loader = torch.utils.data.DataLoader(test_set, 16)
+    return loader, test_loader, fixed
+
+def build_model(args, device):
+    """The four networks by name, the two modules the training step runs, and their optimizers."""
+    G_A, G_B = build_generator(args), build_generator(args)
+    D_A, D_B = build_discriminator(args), build_discriminator(args)
+    batch_calls = args.norm in ('instance', 'none')
+    G = Generators(G_A, G_B, batch_calls).to(device)
+    D = Discriminators(D_A, D_B, batch_calls, args.gan_mode).to(device)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+    return dict(G_A=G_A, G_B=G_B, D_A=D_A, D_B=D_B), G, D, opt_G, opt_D
+
+def distribute(G, D, args, ddp, device):
+    """Under torchrun: DistributedDataParallel, so that each step averages the gradients of all
+    processes; with --norm syncbatch, batch statistics over all processes too."""
+    if not ddp:
+        return G, D
+    if args.norm == 'syncbatch' and device.type != 'cuda':
+        sys.exit("error: --norm syncbatch needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); "
+                 "use --norm batch")
+    if args.norm == 'syncbatch':
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    return nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
+
+def diverged(what, step, path):
+    return (f"error: the {what} became NaN or infinite at iteration {step}; {path} keeps the "
+            f"last good state. Try a lower --lr or --dtype float32")
+
+def save_run(path, args, stateful, world, epoch, epoch_iter, step):
+    """The checkpoint: everything needed to continue exactly (weights, optimizers and the rest of
+    `stateful`, the position in the data, the RNG states, the arguments). Weights that are not
+    finite never reach the disk."""
+    for obj in stateful.values():
+        if isinstance(obj, nn.Module) and not all(p.isfinite().all() for p in obj.parameters()):
+            sys.exit(diverged('weights', step, path))
+    ckpt = dict(script=SCRIPT, args=vars(args), epoch=epoch, epoch_iter=epoch_iter, step=step,
+                world_size=world, rng_cpu=torch.get_rng_state())
+    if torch.cuda.is_initialized():
+        ckpt['rng_cuda'] = torch.cuda.get_rng_state()
+    for name, obj in stateful.items():
+        ckpt[name] = obj.state_dict()
+    save_checkpoint(ckpt, path)
+
+def restore_run(ckpt, stateful, args, world, device):
+    """Loads what save_run wrote; returns the position (epoch, iteration in it, iteration). Under
+    another batch size or number of processes, the epoch goes on after the images already seen."""
+    for name, obj in stateful.items():
+        obj.load_state_dict(ckpt[name])
+    torch.set_rng_state(ckpt['rng_cpu'])
+    if device.type == 'cuda' and 'rng_cuda' in ckpt:
+        torch.cuda.set_rng_state(ckpt['rng_cuda'])
+    images_seen = ckpt['epoch_iter'] * ckpt['args']['batch_size'] * ckpt['world_size']
+    epoch_iter = images_seen // (args.batch_size * world)
+    return ckpt['epoch'], epoch_iter, ckpt['step']
 
 def psnr(x, y):
     """Peak signal-to-noise ratio in dB of images in [-1, 1], per image."""
-    return 10 * torch.log10(4 / ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-10))
+    mse = ((x - y) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(4 / mse.clamp_min(1e-10))
 
 def ssim(x, y, size=11, sigma=1.5):
     """Structural similarity (Wang et al. 2004), Gaussian window, on [0, 1] images, per image."""
@@ -359,297 +650,394 @@ def ssim(x, y, size=11, sigma=1.5):
     mx, my = blur(x), blur(y)
     vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return (((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).flatten(1).mean(1)
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
 
 @torch.no_grad()
 def evaluate(G_A, G_B, loader, device, a='A', b='B'):
-    """On held-out pairs with known ground truth: PSNR/SSIM of G_A(A) vs true B and G_B(B) vs true A,
-    next to the identity baseline (the untranslated input vs the truth)."""
-    G_A.eval(); G_B.eval()
+    """On held-out pairs with known ground truth: PSNR and SSIM of G_A(A) against the true B and
+    of G_B(B) against the true A, next to the identity baseline (the input against the truth)."""
+    G_A.eval()
+    G_B.eval()
     sums, n = {}, 0
     for batch in loader:
         A, B = batch[a].to(device), batch[b].to(device)
         fake_B, fake_A = G_A(A).float(), G_B(B).float()
-        for name, v in [('psnr_AtoB', psnr(fake_B, B)), ('psnr_BtoA', psnr(fake_A, A)), ('psnr_identity', psnr(A, B)),
-                        ('ssim_AtoB', ssim(fake_B, B)), ('ssim_BtoA', ssim(fake_A, A)), ('ssim_identity', ssim(A, B))]:
+        scores = dict(psnr_AtoB=psnr(fake_B, B), psnr_BtoA=psnr(fake_A, A),
+                      psnr_identity=psnr(A, B), ssim_AtoB=ssim(fake_B, B),
+                      ssim_BtoA=ssim(fake_A, A), ssim_identity=ssim(A, B))
+        for name, v in scores.items():
             sums[name] = sums.get(name, 0) + v.sum().item()
         n += len(A)
-    G_A.train(); G_B.train()
+    G_A.train()
+    G_B.train()
     return {k: v / n for k, v in sums.items()}
 
 @torch.no_grad()
 def save_samples(G_A, G_B, A, B, path):
-    """Two rows per sample: real_A | fake_B | rec_A over real_B | fake_A | rec_B."""
-    G_A.eval(); G_B.eval()
+    """Two rows per sample: real_A | fake_B | rec_A, then real_B | fake_A | rec_B."""
+    G_A.eval()
+    G_B.eval()
     fake_B, fake_A = G_A(A), G_B(B)
     rows = [A, fake_B, G_B(fake_B), B, fake_A, G_A(fake_A)]
-    G_A.train(); G_B.train()
+    G_A.train()
+    G_B.train()
     grid = torch.stack([r[i].float() for i in range(len(A)) for r in rows])
     torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3, padding=2)
 
-# -----------------------------------------------------------------------------
-# the training loop
+def describe_task(args):
+    if args.dataroot is not None:
+        return args.dataroot
+    return f"{SYNTHETIC_TASK}, preset {json.dumps({k: vars(args)[k] for k in SYNTHETIC_PRESET})}"
 
-def setup(args):
-    """Device, distributed process group (under torchrun), seeds, autocast and the grad scaler."""
-    ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
-    rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-    device = pick_device(args.device)
-    if ddp:
-        if device.type == 'cuda':
-            device = torch.device('cuda', int(os.environ['LOCAL_RANK'])); torch.cuda.set_device(device)
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
-    if args.dtype == 'auto':  # bfloat16 on CUDA compute capability 8+ and on CPUs with AVX-512 BF16 or AMX
-        cpu_flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
-        fast = (torch.cuda.get_device_capability(device)[0] >= 8 if device.type == 'cuda' else
-                device.type == 'cpu' and ('avx512_bf16' in cpu_flags or 'amx_bf16' in cpu_flags))
-        args.dtype = 'bfloat16' if fast else 'float32'
-    dtype = getattr(torch, args.dtype)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == 'cuda')
-    return ddp, rank, world, device, autocast, scaler
+def format_scores(scores, digits=3):
+    return ' '.join(f"{k} {v:.{digits}f}" for k, v in scores.items())
 
-def pick_device(name):
-    return torch.device(name if name != 'auto' else 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu')
+class Log:
+    """log.jsonl in out_dir, one JSON object per line; with --tensorboard, TensorBoard too."""
+    def __init__(self, out_dir, tensorboard):
+        self.path = os.path.join(out_dir, 'log.jsonl')
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
+            except ImportError:
+                print("--tensorboard: the tensorboard package is not installed "
+                      "(pip install tensorboard); logging to log.jsonl only")
 
-def resume_args(args, given, path):
-    """The checkpoint's args with the flags given now on top; architecture flags must not change."""
-    ckpt = load_checkpoint(path)
-    diff = [f"--{k} {given[k]} (checkpoint: {ckpt['args'][k]})" for k in ARCH_FLAGS if k in given and given[k] != ckpt['args'][k]]
-    if diff:
-        sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
-    return argparse.Namespace(**{**ckpt['args'], 'max_iters': None, **given}), ckpt  # max_iters: only if given again
+    def write(self, step, record):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(dict(step=step, **record)) + '\n')
+        if self.tb is not None:
+            for k, v in record.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
 
-def check_writable(folder, flag):
-    """Fail now rather than at the first save, hours from now."""
+class StopRequest:
+    """Ctrl-C or SIGTERM sets `requested`: the loop finishes its iteration, saves and exits."""
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self.request)
+        signal.signal(signal.SIGTERM, self.request)
+
+    def request(self, signum, frame):
+        self.requested = True
+
+def start_epoch(loader, epoch, epoch_iter, batch_size):
+    """An iterator over the epoch's batches from iteration epoch_iter on. Sampler and dataset
+    draw the epoch's random choices from (seed, epoch), so a resumed run sees the same images."""
+    loader.sampler.epoch = epoch
+    loader.dataset.epoch = epoch
+    loader.sampler.start = epoch_iter * batch_size
+    return iter(loader)
+
+def next_batch(batches):
+    """(the next batch or None at the end of the epoch, None or the message of a broken file)."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        open(os.path.join(folder, '.write_test'), 'w').close(); os.remove(os.path.join(folder, '.write_test'))
-    except OSError as e:
-        sys.exit(f"error: {flag} {folder}: not writable ({e.strerror})")
+        return next(batches, None), None
+    except data.DataError as e:  # from a loader worker it arrives with the worker's traceback
+        return None, str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')
 
-def make_data(args, rank, world):
-    """The training loader, and held-out images with evaluation transforms: a loader with ground
-    truth (the synthetic task) and four fixed samples for the grids."""
-    if args.dataroot is None:
-        train_set, test_set = data.Synthetic(args.crop_size, paired=False), data.Synthetic(args.crop_size, paired=False, train=False)
-    else:
-        tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
-        train_set = data.UnpairedFolders(args.dataroot, 'train', tf, args.serial_batches, args.max_dataset_size, args.seed)
-        phase = 'test' if os.path.isdir(os.path.join(args.dataroot, 'testA')) else 'train'
-        test_set = data.UnpairedFolders(args.dataroot, phase, data.Transform('resize_and_crop', crop_size=args.crop_size,
-                                        train=False), serial=True, max_size=4)  # square samples: one grid
-    sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
-    loader = torch.utils.data.DataLoader(train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
-                                         pin_memory=torch.cuda.is_available(), drop_last=True,
-                                         generator=torch.Generator())  # its own RNG: the global one stays exact on resume
-    fixed = next(iter(torch.utils.data.DataLoader(test_set, 4)))
-    test_loader = torch.utils.data.DataLoader(test_set, 16) if args.dataroot is None else None
-    return train_set, sampler, loader, test_loader, fixed
+def any_process(flags, device):
+    """Under torchrun: each flag, true on every process if true on any one, so that all stop at
+    the same iteration (a process that stopped alone would leave the others waiting forever)."""
+    t = torch.tensor(flags, dtype=torch.float32, device=device)
+    torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+def due(step, freq, total):
+    """Every freq iterations, and at the last one."""
+    return step % freq == 0 or step == total
 
 def train(args, given):
-    ckpt_path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
-    args, ckpt = resume_args(args, given, ckpt_path) if args.resume else (args, None)
+    """Trains CycleGAN as args say; returns the four networks by name."""
+    # setup: the run to continue, device, process group and precision
+    ckpt_path = checkpoint_path(args)
+    ckpt = None
+    if args.resume:
+        args, ckpt = resume_args(args, given, ckpt_path)
+    elif os.path.exists(ckpt_path):
+        sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
+                 f"--out_dir (or --ckpt) to start a new one")
+    if args.crop_size % 4:
+        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of 4 for the ResNet "
+                 f"generator")
     ddp, rank, world, device, autocast, scaler = setup(args)
     master = rank == 0  # only rank 0 prints, evaluates and writes
-    if args.crop_size % 4:
-        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of 4 for the ResNet generator")
-    if master and not args.benchmark:
+    log = None
+    if master:
         check_writable(args.out_dir, '--out_dir')
-        print(f"training on {args.dataroot or 'the built-in synthetic task (plain -> zebra-striped animals)'}" +
-              (f", preset {json.dumps({k: vars(args)[k] for k in SYNTHETIC_PRESET})}" if args.dataroot is None else ''))
-    train_set, sampler, loader, test_loader, fixed = make_data(args, rank, world)
-    a, b = ('B', 'A') if args.direction == 'BtoA' else ('A', 'B')  # BtoA swaps the domains
-
-    G_A, G_B, D_A, D_B = build_generator(args), build_generator(args), build_discriminator(args), build_discriminator(args)
-    for name, net in [('G_A', G_A), ('G_B', G_B), ('D_A', D_A), ('D_B', D_B)]:
-        master and print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
-    batch_calls = args.norm in ('instance', 'none')
-    G, D = Generators(G_A, G_B, batch_calls).to(device), Discriminators(D_A, D_B, batch_calls, args.gan_mode).to(device)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+        print(f"training on {describe_task(args)}")
+        log = Log(args.out_dir, args.tensorboard)
+    # data; BtoA swaps the domains
+    loader, test_loader, fixed = make_data(args, rank, world)
+    a, b = ('B', 'A') if args.direction == 'BtoA' else ('A', 'B')
+    # networks, optimizers, image pools, and what the checkpoint keeps of them
+    nets, G, D, opt_G, opt_D = build_model(args, device)
     pool_A, pool_B = ImagePool(args.pool_size), ImagePool(args.pool_size)
-    state = dict(epoch=0, epoch_iter=0, step=0)
-    if ckpt:  # everything needed to continue exactly: weights, optimizers, pools, position, RNG
-        for k, obj in dict(G_A=G_A, G_B=G_B, D_A=D_A, D_B=D_B, opt_G=opt_G, opt_D=opt_D).items():
-            obj.load_state_dict(ckpt[k])
-        pool_A.images, pool_B.images = [x.to(device) for x in ckpt['pool_A']], [x.to(device) for x in ckpt['pool_B']]
-        state = {k: ckpt[k] for k in state}
-        state['epoch_iter'] = state['epoch_iter'] * ckpt['world_size'] // world  # another process count: same images seen
-        torch.set_rng_state(ckpt['rng_cpu'])
-        if device.type == 'cuda' and 'rng_cuda' in ckpt:
-            torch.cuda.set_rng_state(ckpt['rng_cuda'])
-        master and print(f"resumed {ckpt_path} at epoch {state['epoch'] + 1}, iteration {state['step']}")
-    if args.norm == 'syncbatch' and ddp and device.type != 'cuda':
-        sys.exit("error: --norm syncbatch needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); use --norm batch")
-    if ddp:
-        if args.norm == 'syncbatch':
-            G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
-        G, D = nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
-    if args.benchmark:  # the configured step on random tensors: no data loading, no disk
-        real_A, real_B = (torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1 for _ in 'AB')
-        step_fn = lambda: train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler)
-        with torch.utils.flop_counter.FlopCounterMode(display=False) as flops:  # eager, before torch.compile
-            step_fn()
+    stateful = dict(**nets, opt_G=opt_G, opt_D=opt_D, pool_A=pool_A, pool_B=pool_B)
+    if master:
+        for name, net in nets.items():
+            print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
+    epoch, epoch_iter, step = 0, 0, 0
+    if ckpt is not None:
+        epoch, epoch_iter, step = restore_run(ckpt, stateful, args, world, device)
+        if master:
+            print(f"resumed {ckpt_path} at epoch {epoch + 1}, iteration {step}")
+    G, D = distribute(G, D, args, ddp, device)
     if args.compile:
         G, D = torch.compile(G), torch.compile(D)
-    if args.benchmark:
-        return benchmark(args, step_fn, device, args.batch_size * world, flops.get_total_flops())
-
-    def diverged(what):  # stop before anything broken reaches the checkpoint on disk
-        sys.exit(f"error: the {what} became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps the "
-                 f"last good state. Try a lower --lr or --dtype float32")
-
-    def save():
-        if not all(torch.isfinite(p).all() for net in (G_A, G_B, D_A, D_B) for p in net.parameters()):
-            diverged('weights')
-        save_checkpoint(dict(script=SCRIPT, args=vars(args), **state, world_size=world, rng_cpu=torch.get_rng_state(),
-                             G_A=G_A.state_dict(), G_B=G_B.state_dict(), D_A=D_A.state_dict(), D_B=D_B.state_dict(),
-                             opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(), pool_A=[x.cpu() for x in pool_A.images],
-                             pool_B=[x.cpu() for x in pool_B.images],
-                             **({'rng_cuda': torch.cuda.get_rng_state()} if device.type == 'cuda' else {})), ckpt_path)
-
-    tb = None
-    if args.tensorboard and master:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(os.path.join(args.out_dir, 'tensorboard'))
-        except ImportError:
-            print("--tensorboard: the tensorboard package is not installed (pip install tensorboard); logging to log.jsonl only")
-
-    def log(record):
-        with open(os.path.join(args.out_dir, 'log.jsonl'), 'a') as f:
-            f.write(json.dumps(dict(step=state['step'], **record)) + '\n')
-        for k, v in record.items():
-            tb and tb.add_scalar(k, v, state['step'])
-        tb and tb.flush()
-
-    stop = []  # Ctrl-C or SIGTERM: finish the iteration, save, exit
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, f: stop.append(s))
-    iters_per_epoch = len(sampler) // args.batch_size  # what the loader yields (each process sees its shard)
+    # the schedule: n_epochs + n_epochs_decay epochs, or --max_iters iterations
+    iters_per_epoch = len(loader)  # per process: each process reads its own shard
     if iters_per_epoch == 0:
-        sys.exit(f"error: {len(train_set)} training images make no batch of --batch_size {args.batch_size} on {world} process(es)")
+        sys.exit(f"error: {len(loader.dataset)} training images make no batch of --batch_size "
+                 f"{args.batch_size} on {world} process(es)")
     total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
-    total = min(total, args.max_iters or total)
-    t0, t_last, step_last, data_time = time.time(), time.time(), state['step'], 0.0
-    due = lambda freq: master and (state['step'] % freq == 0 or state['step'] == total)  # rank 0, every freq and at the end
-    while state['step'] < total and not stop:
+    if args.max_iters is not None:
+        total = min(total, args.max_iters)
+
+    stop = StopRequest()
+    batches = start_epoch(loader, epoch, epoch_iter, args.batch_size)
+    t0 = time.time()
+    t_last, step_last, data_time = t0, step, 0.0
+    stopping, failed, data_error = False, False, None
+    while step < total and not stopping:
+        # learning rate: constant for n_epochs, then a linear decay to zero
+        lr = args.lr * lr_factor(epoch, args.n_epochs, args.n_epochs_decay)
         for group in opt_G.param_groups + opt_D.param_groups:
-            group['lr'] = args.lr * lr_factor(state['epoch'], args.n_epochs, args.n_epochs_decay)
-        sampler.epoch = train_set.epoch = state['epoch']
-        sampler.start = state['epoch_iter'] * args.batch_size
-        try:
-            t_fetch = time.time()
-            for batch in loader:
-                data_time += time.time() - t_fetch  # waiting for the loader: should stay near zero
-                real_A, real_B = batch[a].to(device, non_blocking=True), batch[b].to(device, non_blocking=True)
-                loss = train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler)
-                state['step'] += 1; state['epoch_iter'] += 1
-                step, losses = state['step'], {k: v.item() for k, v in loss.items()}
-                finite = all(map(math.isfinite, losses.values()))
-                if ddp:  # all processes stop at the same iteration, or the others would wait forever
-                    flags = torch.tensor([not finite, bool(stop)], dtype=torch.float32, device=device)
-                    torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
-                    finite, stop[:] = not flags[0], stop or [None] * bool(flags[1])
-                if not finite:
-                    diverged(f"loss ({losses})")
-                if due(args.print_freq):
-                    ips, data_ms = (step - step_last) * args.batch_size * world / (time.time() - t_last), 1000 * data_time / (step - step_last)
-                    print(f"epoch {state['epoch'] + 1} iter {step}/{total} | " + ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
-                          + f" | {ips:.1f} img/s, data {data_ms:.0f} ms/it | ETA {(total - step) / ips * args.batch_size * world / 60:.1f} min")
-                    log(dict(epoch=state['epoch'] + 1, lr=opt_G.param_groups[0]['lr'], images_per_s=ips, data_ms_per_iter=data_ms, **losses))
-                    t_last, step_last, data_time = time.time(), step, 0.0
-                if due(args.display_freq):
-                    save_samples(G_A, G_B, fixed[a].to(device), fixed[b].to(device), os.path.join(args.out_dir, f"samples_{step:07d}.png"))
-                if test_loader and due(args.eval_freq):
-                    scores = evaluate(G_A, G_B, test_loader, device, a, b)
-                    print(f"eval at iter {step}: " + ' '.join(f"{k} {v:.3f}" for k, v in scores.items()))
-                    log(scores)
-                if due(args.save_latest_freq) or master and stop:
-                    save()
-                if step >= total or stop:
-                    break
-                t_fetch = time.time()
-            else:
-                state['epoch'], state['epoch_iter'] = state['epoch'] + 1, 0
-        except data.DataError as e:  # a file broke mid-run: save (we are between iterations) and say which
-            master and save()
-            sys.exit(f"error: {str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')}\n"
-                     f"saved {ckpt_path} at iteration {state['step']}; fix or remove the file, then add --resume")
-    if master:
-        print(f"interrupted: saved {ckpt_path} at iteration {state['step']}; continue with: python {SCRIPT}.py --resume "
-              f"--ckpt {ckpt_path}" if stop else f"done: {state['step']} iterations in {(time.time() - t0) / 60:.1f} min; "
-              f"checkpoint {ckpt_path}")
+            group['lr'] = lr
+        # data: the next batch, or the next epoch. A file that broke mid-run ends every process
+        t_fetch = time.time()
+        batch, data_error = next_batch(batches)
+        failed = data_error is not None
+        if ddp:
+            failed = any_process([failed], device)[0]
+        if failed:
+            break
+        if batch is None:
+            epoch, epoch_iter = epoch + 1, 0
+            batches = start_epoch(loader, epoch, epoch_iter, args.batch_size)
+            continue
+        data_time += time.time() - t_fetch  # waiting for the loader: should stay near zero
+        # the training step
+        real_A = batch[a].to(device, non_blocking=True)
+        real_B = batch[b].to(device, non_blocking=True)
+        loss = train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast,
+                          scaler)
+        step, epoch_iter = step + 1, epoch_iter + 1
+        losses = {k: v.item() for k, v in loss.items()}
+        # stop checks: a NaN loss ends the run before it reaches the checkpoint; Ctrl-C ends it
+        # after this iteration's save. Every process stops at the same iteration
+        diverging = not all(math.isfinite(v) for v in losses.values())
+        stopping = stop.requested
+        if ddp:
+            diverging, stopping = any_process([diverging, stopping], device)
+        if diverging:
+            sys.exit(diverged(f"loss ({losses})", step, ckpt_path))
+        # log: losses, speed, time to go
+        if master and due(step, args.print_freq, total):
+            seconds, steps = time.time() - t_last, step - step_last
+            ips = steps * args.batch_size * world / seconds
+            data_ms = 1000 * data_time / steps
+            print(f"epoch {epoch + 1} iter {step}/{total} | {format_scores(losses)} | "
+                  f"{ips:.1f} img/s, data {data_ms:.0f} ms/it | "
+                  f"ETA {(total - step) * seconds / steps / 60:.1f} min")
+            log.write(step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips,
+                                 data_ms_per_iter=data_ms, **losses))
+            t_last, step_last, data_time = time.time(), step, 0.0
+        # samples: the translations of the fixed held-out images
+        if master and due(step, args.display_freq, total):
+            path = os.path.join(args.out_dir, f"samples_{step:07d}.png")
+            save_samples(nets['G_A'], nets['G_B'], fixed[a].to(device), fixed[b].to(device), path)
+        # evaluation against the held-out ground truth
+        if master and test_loader is not None and due(step, args.eval_freq, total):
+            scores = evaluate(nets['G_A'], nets['G_B'], test_loader, device, a, b)
+            print(f"eval at iter {step}: {format_scores(scores)}")
+            log.write(step, scores)
+        # save: every save_latest_freq iterations, at the end, and when asked to stop
+        if master and (due(step, args.save_latest_freq, total) or stopping):
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+
     if ddp:
         torch.distributed.destroy_process_group()
-    if stop:
+    if failed:  # rank 0 saves the last finished iteration; the process that met the file names it
+        message = data_error or "a file broke on another process (its message names it)"
+        if master:
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+            message += (f"\nsaved {ckpt_path} at iteration {step}; fix or remove the file, "
+                        f"then add --resume")
+        sys.exit(f"error: {message}")
+    if master and stopping:
+        print(f"interrupted: saved {ckpt_path} at iteration {step}; continue with: "
+              f"python {SCRIPT}.py --resume --ckpt {ckpt_path}")
+    if stopping:
         sys.exit(130)
-    return G_A, G_B, D_A, D_B
+    if master:
+        saved = f"; checkpoint {ckpt_path}" if os.path.exists(ckpt_path) else ""
+        print(f"done: {step} iterations in {(time.time() - t0) / 60:.1f} min{saved}")
+    return nets
 
 # -----------------------------------------------------------------------------
-# inference, export, benchmark
+# inference and export
+
+def generator_from_file(path, direction='AtoB'):
+    """A generator from our checkpoint or from an official .pth state_dict (architecture inferred
+    from its keys and shapes: residual blocks, width, batch or instance norm, dropout)."""
+    obj = load_file(path)
+    if isinstance(obj, dict) and 'script' in obj:
+        if obj['script'] != SCRIPT:
+            sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py "
+                     f"--translate")
+        args = argparse.Namespace(**load_checkpoint(path, obj)['args'])
+        n_blocks = 9 if args.netG == 'resnet_9blocks' else 6
+        G = ResnetGenerator(3, 3, args.ngf, args.norm, n_blocks)
+        trained = 'G_A' if direction == args.direction else 'G_B'  # G_A learnt the trained one
+        return load_weights(G, obj[trained], path)
+    sd = {}
+    if isinstance(obj, dict):
+        sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()}
+    w = sd.get('model.1.weight')
+    if w is None or w.ndim != 4 or w.shape[-1] != 7:
+        kind = 'not a generator state_dict'
+        if 'model.0.weight' in sd or 'net.0.weight' in sd:
+            kind = 'a discriminator'
+        if 'model.model.0.weight' in sd:
+            kind = 'a U-Net generator (pix2pix); use pixelgan.py'
+        sys.exit(f"error: {path}: {kind}; cyclegan.py --translate needs a ResNet generator")
+    batch = any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items())  # affine norms
+    n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
+    dropout = getattr(sd.get('model.10.conv_block.6.weight'), 'ndim', 0) == 4  # a conv there
+    G = ResnetGenerator(w.shape[1], 3, w.shape[0], 'batch' if batch else 'instance', n_blocks,
+                        dropout)
+    return load_weights(G, sd, path)
+
+def inference_generator(args):
+    """What --translate runs: the generator of --direction, in eval mode, and the multiple its
+    input sides must have."""
+    G = generator_from_file(checkpoint_path(args), args.direction)
+    return G.eval(), 4
+
+def run_generator(G, x, multiple):
+    """G on an image of any size: padded to a multiple, and to at least 8 pixels (the ResNet's
+    reflection padding needs 2 after its two downsamplings), then cropped back. The padding
+    reflects the image where it is large enough, else repeats its edge."""
+    h, w = x.shape[-2:]
+    smallest = max(multiple, 8)
+    pad_h = max(-h % multiple, smallest - h)
+    pad_w = max(-w % multiple, smallest - w)
+    mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+    return G(F.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
 
 @torch.no_grad()
 def translate(args):
-    """Every image under args.translate through the generator, at its own size."""
+    """--translate: each image under the path, at its own size, through the generator; a PNG per
+    image with the same relative name, and an index.html that shows input and output."""
     device = pick_device(args.device)
-    G = generator_from_file(args.ckpt or os.path.join(args.out_dir, 'ckpt.pt'), args.direction).to(device).eval()
-    paths = [args.translate] if os.path.isfile(args.translate) else data.find_images(args.translate)
-    base = os.path.dirname(args.translate) if os.path.isfile(args.translate) else args.translate
+    G, multiple = inference_generator(args)
+    G.to(device)
+    paths, base = [args.translate], os.path.dirname(args.translate)
+    if not os.path.isfile(args.translate):
+        paths, base = data.find_images(args.translate), args.translate
+    outs = [os.path.join(args.results_dir, os.path.splitext(os.path.relpath(p, base))[0] + '.png')
+            for p in paths]
+    inputs = {os.path.abspath(p) for p in paths}
+    for out in outs:
+        if os.path.abspath(out) in inputs:
+            sys.exit(f"error: --results_dir {args.results_dir}: the output would replace the "
+                     f"input {out}; choose another --results_dir")
     check_writable(args.results_dir, '--results_dir')
     rows = []
-    for path in paths:
-        x = torchvision.transforms.functional.to_tensor(data.load_image(path))[None].to(device) * 2 - 1
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % 4, 0, -h % 4), mode='reflect')  # the generator needs multiples of 4
-        y = G(x)[..., :h, :w]
-        out = os.path.join(args.results_dir, os.path.splitext(os.path.relpath(path, base))[0] + '.png')
+    for path, out in zip(paths, outs):
+        x = torchvision.transforms.functional.to_tensor(data.load_image(path))
+        y = run_generator(G, x[None].to(device) * 2 - 1, multiple)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         torchvision.utils.save_image(y * 0.5 + 0.5, out)
-        rel = lambda p: os.path.relpath(os.path.abspath(p), os.path.abspath(args.results_dir))
-        rows.append(f"<tr><td>{rel(path)}</td><td><img src='{rel(path)}'></td><td><img src='{rel(out)}'></td></tr>")
+        src = os.path.relpath(os.path.abspath(path), os.path.abspath(args.results_dir))
+        dst = os.path.relpath(os.path.abspath(out), os.path.abspath(args.results_dir))
+        rows.append(f"<tr><td>{src}</td><td><img src='{src}'></td><td><img src='{dst}'></td></tr>")
     with open(os.path.join(args.results_dir, 'index.html'), 'w') as f:
-        f.write(f"<html><body><table><tr><th>file</th><th>input</th><th>output</th></tr>{''.join(rows)}</table></body></html>\n")
-    print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them side by side)")
+        f.write("<html><body><table><tr><th>file</th><th>input</th><th>output</th></tr>"
+                f"{''.join(rows)}</table></body></html>\n")
+    print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them side "
+          f"by side)")
 
 def export_official(args):
-    """latest_net_{G,D}_{A,B}.pth: bare state_dicts, as the official test script loads them."""
-    ckpt = load_checkpoint(args.ckpt or os.path.join(args.out_dir, 'ckpt.pt'))
+    """--export_official: each network as a bare state_dict in latest_net_<name>.pth, as the
+    official test script loads them."""
+    ckpt = load_checkpoint(checkpoint_path(args))
     check_writable(args.export_official, '--export_official')
-    for k in ('G_A', 'G_B', 'D_A', 'D_B'):
-        save_checkpoint(ckpt[k], os.path.join(args.export_official, f"latest_net_{k}.pth"))
-    print(f"wrote {args.export_official}/latest_net_[GD]_[AB].pth")
+    for name in NETWORKS:
+        save_checkpoint(ckpt[name], os.path.join(args.export_official, f"latest_net_{name}.pth"))
+    print(f"wrote latest_net_{{{','.join(NETWORKS)}}}.pth into {args.export_official}")
 
-PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense bf16 FLOP/s, for the MFU
+# -----------------------------------------------------------------------------
+# the benchmark: the training step that train() runs, timed on random tensors
 
-def benchmark(args, step_fn, device, n_images, flops):
-    """Times step_fn (the configured training step on fixed random tensors) after three warm-up steps; the
-    median over --max_iters steps (default 10), as the official figures in the README. Prints one figure
-    per line, then all of them as one JSON object."""
-    import resource, statistics
-    sync, times = torch.cuda.synchronize if device.type == 'cuda' else lambda: None, []
+PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense, for MFU
+
+def random_images(args, device):
+    return torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1
+
+def report_speed(step_fn, args, device, n_images, flops):
+    """Times step_fn after three warm-up steps: the median over --max_iters steps (default 10),
+    as the official figures in the README. Prints one figure a line, then all as one JSON line."""
+    import resource
+    times = []
     for _ in range(3 + (args.max_iters or 10)):
-        sync(); t = time.perf_counter()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        t = time.perf_counter()
         step_fn()
-        sync(); times.append(time.perf_counter() - t)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
     sec = statistics.median(times[3:])
-    name = torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    result = dict(ms_per_iter=1000 * sec, images_per_s=n_images / sec, flops_per_iter=flops, flops_per_s=flops / sec,
-                  peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if device.type == 'cuda' else
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, mfu=peak and flops / sec / peak,
-                  device=name, dtype=args.dtype)
+    name, peak = 'cpu', None
+    peak_mem_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        peak_mem_mib = torch.cuda.max_memory_allocated() / 2**20
+    result = dict(ms_per_iter=1000 * sec, images_per_s=n_images / sec, flops_per_iter=flops,
+                  flops_per_s=flops / sec, peak_mem_mib=peak_mem_mib,
+                  mfu=flops / sec / peak if peak else None, device=name, dtype=args.dtype)
     for k, v in result.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps(result))
     return result
 
-if __name__ == '__main__':
-    args, given = parse_args()
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, also in a log file
+def benchmark(args):
+    """--benchmark: build what train() builds, count one step's FLOPs (eager), then time it."""
+    ddp, rank, world, device, autocast, scaler = setup(args)
+    nets, G, D, opt_G, opt_D = build_model(args, device)
+    pool_A, pool_B = ImagePool(args.pool_size), ImagePool(args.pool_size)
+    G, D = distribute(G, D, args, ddp, device)
+    batch = (random_images(args, device), random_images(args, device), args, autocast, scaler)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        train_step(G, D, opt_G, opt_D, pool_A, pool_B, *batch)
+    if args.compile:
+        G, D = torch.compile(G), torch.compile(D)
+    step_fn = functools.partial(train_step, G, D, opt_G, opt_D, pool_A, pool_B, *batch)
+    return report_speed(step_fn, args, device, args.batch_size * world, counter.get_total_flops())
+
+# -----------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    args, given = parse_args(argv)
     try:
-        translate(args) if args.translate else export_official(args) if args.export_official else train(args, given)
+        if args.translate:
+            translate(args)
+        elif args.export_official:
+            export_official(args)
+        elif args.benchmark:
+            benchmark(args)
+        else:
+            train(args, given)
     except data.DataError as e:
         sys.exit(f"error: {e}")
+
+if __name__ == '__main__':
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows at once, also in a log file
+    main()

@@ -1,16 +1,16 @@
 """Data for cyclegan.py and pixelgan.py: image folders, the official transforms, a sampler that
 shards and resumes, the built-in synthetic datasets, and dataset / pretrained-model download.
 
-    python data.py download horse2zebra      # -> datasets/horse2zebra (see --list)
-    python data.py download-model horse2zebra # -> pretrained/horse2zebra.pth
-    python data.py unpack FILE               # an archive fetched by hand
+    python data.py download horse2zebra        # -> datasets/horse2zebra (see --list)
+    python data.py download-model horse2zebra  # -> pretrained/horse2zebra.pth
+    python data.py unpack FILE                 # an archive fetched by hand
 """
 import argparse, math, os, random, shutil, sys, tarfile, tempfile, time, urllib.request, zipfile
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.tif', '.tiff')
 
@@ -24,32 +24,56 @@ def find_images(folder):
     """All images under folder (recursive, any extension case), sorted; a clear error if none."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: folder not found")
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
-                   if f.lower().endswith(IMG_EXTENSIONS))
+    paths = []
+    for d, _, files in os.walk(folder):
+        paths += [os.path.join(d, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
     if not paths:
         raise DataError(f"{folder}: no images ({', '.join(IMG_EXTENSIONS)}) in this folder")
-    return paths
+    return sorted(paths)
+
+def to_8bit(img, path):
+    """16-bit, 32-bit integer and float images, scaled by the range their values lie in:
+    [0, 1] (float only), [0, 255] or [0, 65535]."""
+    values = np.asarray(img, dtype=np.float64)
+    tops = (1.0, 255.0, 65535.0) if img.mode == 'F' else (255.0, 65535.0)
+    for top in tops:
+        if values.min() >= 0 and values.max() <= top:
+            return Image.fromarray((values * (255.0 / top)).round().astype(np.uint8))
+    low, high = values.min() + 0.0, values.max() + 0.0  # (+ 0.0: no '-0')
+    raise DataError(f"{path}: pixel values from {low:g} to {high:g}, outside 0..65535; convert "
+                    f"the image to 8 or 16 bits")
 
 def load_image(path):
-    """Decode any supported file into 8-bit RGB: grayscale, palette, RGBA, CMYK and 16-bit too."""
+    """Decode any supported file into 8-bit RGB, upright as a viewer shows it (EXIF orientation):
+    grayscale, palette, RGBA, CMYK, 16-bit, 32-bit and float too."""
     try:
         img = Image.open(path)
         img.load()  # decode now, so a truncated file fails here and not deep inside a transform
+        img = ImageOps.exif_transpose(img)
     except Exception as e:
         raise DataError(f"{path}: cannot read image ({e}); fix or remove the file") from None
-    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):  # 16-bit/float: rescale the 0..65535 range
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+        img = to_8bit(img, path)
     if img.mode in ('P', 'PA', 'LA'):
         img = img.convert('RGBA')  # palette transparency would otherwise warn
     return img.convert('RGB')  # RGBA loses its alpha; CMYK and L are converted
 
+def upright_size(img):
+    """The size after EXIF orientation (orientations 5 to 8 turn the image by 90 degrees), read
+    where the header holds it (JPEG, TIFF): a PNG's EXIF may follow the pixels, too far to read."""
+    w, h = img.size
+    if img.format in ('JPEG', 'MPO', 'TIFF') and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        return h, w
+    return w, h
+
 def check_images(paths, transform, split=1):
     """Read every header once at start-up (cheap) so a broken file or a too-small image stops the
-    run before training rather than hours into it. split=2 checks each half of side-by-side files."""
+    run before training rather than hours into it. split=2 checks each half of side-by-side
+    files."""
     for p in paths:
         try:
             with Image.open(p) as img:
-                w, h = img.size
+                w, h = upright_size(img)
         except Exception as e:
             raise DataError(f"{p}: cannot read image ({e}); fix or remove the file") from None
         transform.check_size(w // split, h, p)
@@ -58,10 +82,15 @@ def check_images(paths, transform, split=1):
 # transforms (the official preprocessing, one random draw shared by all images of an item)
 
 class Transform:
-    """Resize (bicubic) / scale_width, random crop, random flip, to a [-1, 1] tensor.
+    """Resize (bicubic) or scale_width, random crop, random flip, to a [-1, 1] tensor.
     train=False is the evaluation transform: no randomness, images sized to crop_size directly."""
-    def __init__(self, preprocess='resize_and_crop', load_size=286, crop_size=256, flip=True, train=True):
-        self.preprocess, self.load, self.crop, self.flip, self.train = preprocess, load_size, crop_size, flip, train
+    def __init__(self, preprocess='resize_and_crop', load_size=286, crop_size=256, flip=True,
+                 train=True):
+        self.preprocess = preprocess
+        self.load = load_size
+        self.crop = crop_size
+        self.flip = flip
+        self.train = train
         if train and preprocess == 'resize_and_crop' and crop_size > load_size:
             raise DataError(f"--crop_size {crop_size} is larger than --load_size {load_size}")
 
@@ -69,43 +98,54 @@ class Transform:
         size = self.load if self.train else self.crop
         if self.preprocess == 'resize_and_crop':
             return size, size
-        if self.preprocess.startswith('scale_width'):  # height rounded to a multiple of 4 for the networks
-            return size, max(4, round(h * size / w / 4) * 4)
+        if self.preprocess.startswith('scale_width'):  # multiples of 4 for the networks
+            height = max(4, round(h * size / w / 4) * 4)
+            if self.preprocess == 'scale_width':  # uncropped: the width too
+                return max(4, round(size / 4) * 4), height
+            return size, height
         return w, h
 
     def check_size(self, w, h, path):
         w, h = self.resized(w, h)
         if self.train and 'crop' in self.preprocess and (w < self.crop or h < self.crop):
             raise DataError(f"{path}: image is {w}x{h} after resizing, smaller than --crop_size "
-                            f"{self.crop}; use a smaller --crop_size or --preprocess resize_and_crop")
+                            f"{self.crop}; use a smaller --crop_size or --preprocess "
+                            f"resize_and_crop")
 
-    def __call__(self, imgs, rng):
+    def __call__(self, imgs, rng, path='image'):
         w, h = self.resized(*imgs[0].size)
         if (w, h) != imgs[0].size:
             imgs = [im.resize((w, h), Image.BICUBIC) for im in imgs]
         if 'crop' in self.preprocess:
-            self.check_size(w, h, getattr(imgs[0], 'filename', 'image'))
+            self.check_size(w, h, path)
             c = self.crop
-            top, left = ((rng.randint(0, h - c), rng.randint(0, w - c)) if self.train
-                         else ((h - c) // 2, (w - c) // 2))
+            top, left = (h - c) // 2, (w - c) // 2
+            if self.train:
+                top, left = rng.randint(0, h - c), rng.randint(0, w - c)
             imgs = [im.crop((left, top, left + c, top + c)) for im in imgs]
         elif self.preprocess == 'none' and (w % 4 or h % 4):  # the networks need multiples of 4
-            imgs = [im.resize((max(4, round(w / 4) * 4), max(4, round(h / 4) * 4)), Image.BICUBIC) for im in imgs]
-        flip = self.train and self.flip and rng.random() < 0.5
-        return [TF.normalize(TF.to_tensor(TF.hflip(im) if flip else im), [0.5] * 3, [0.5] * 3) for im in imgs]
+            size = (max(4, round(w / 4) * 4), max(4, round(h / 4) * 4))
+            imgs = [im.resize(size, Image.BICUBIC) for im in imgs]
+        if self.train and self.flip and rng.random() < 0.5:
+            imgs = [TF.hflip(im) for im in imgs]
+        return [TF.normalize(TF.to_tensor(im), [0.5] * 3, [0.5] * 3) for im in imgs]
 
 # -----------------------------------------------------------------------------
 # datasets. Every random choice of an item comes from an RNG seeded by (seed, epoch, index), so
 # the data stream is the same with any number of loader workers, processes, or resumes.
 
 class UnpairedFolders(torch.utils.data.Dataset):
-    """<root>/<phase>A and <root>/<phase>B. An epoch is max(|A|, |B|); A in order, B at random
-    (in order too with serial)."""
+    """<root>/<phase>A and <root>/<phase>B. An epoch is max(|A|, |B|) items; A in order, B at
+    random (in order too with serial)."""
     def __init__(self, root, phase, transform, serial=False, max_size=None, seed=0):
-        self.A, self.B = (find_images(os.path.join(root, phase + d))[:max_size] for d in 'AB')
-        for paths in (self.A, self.B):
-            check_images(paths, transform)
-        self.transform, self.serial, self.seed, self.epoch = transform, serial, seed, 0
+        self.A = find_images(os.path.join(root, phase + 'A'))[:max_size]
+        self.B = find_images(os.path.join(root, phase + 'B'))[:max_size]
+        check_images(self.A, transform)
+        check_images(self.B, transform)
+        self.transform = transform
+        self.serial = serial
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self):
         return max(len(self.A), len(self.B))
@@ -113,52 +153,73 @@ class UnpairedFolders(torch.utils.data.Dataset):
     def __getitem__(self, i):
         rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
         b = i % len(self.B) if self.serial else rng.randrange(len(self.B))
-        return {'A': self.transform([load_image(self.A[i % len(self.A)])], rng)[0],
-                'B': self.transform([load_image(self.B[b])], rng)[0]}
+        path_A, path_B = self.A[i % len(self.A)], self.B[b]
+        A = self.transform([load_image(path_A)], rng, path_A)[0]
+        B = self.transform([load_image(path_B)], rng, path_B)[0]
+        return {'A': A, 'B': B}
 
 class PairedFolders(torch.utils.data.Dataset):
     """Aligned pairs: side-by-side files <root>/<phase>/x.jpg (A left, B right), or two folders
-    <root>/A/<phase>/x.png and <root>/B/<phase>/x.png matched by name. Same crop and flip for both."""
+    <root>/A/<phase>/x.png and <root>/B/<phase>/x.png matched by name. Same crop and flip for
+    both."""
     def __init__(self, root, phase, transform, direction='AtoB', max_size=None, seed=0):
         dirA, dirB = os.path.join(root, 'A', phase), os.path.join(root, 'B', phase)
         self.side_by_side = not os.path.isdir(dirA)
         if self.side_by_side:
             self.A = self.B = find_images(os.path.join(root, phase))[:max_size]
+            check_images(self.A, transform, split=2)
         else:
             self.A = find_images(dirA)[:max_size]
-            named = {os.path.splitext(os.path.relpath(p, dirB))[0]: p for p in find_images(dirB)}
-            self.B = [named.get(os.path.splitext(os.path.relpath(p, dirA))[0]) for p in self.A]
-            if None in self.B:
-                raise DataError(f"{self.A[self.B.index(None)]}: no image of the same name in {dirB}")
-        check_images(self.A, transform, split=2 if self.side_by_side else 1)
-        self.side_by_side or check_images(self.B, transform)
-        self.transform, self.swap, self.seed, self.epoch = transform, direction == 'BtoA', seed, 0
+            by_name = {os.path.splitext(os.path.relpath(p, dirB))[0]: p for p in find_images(dirB)}
+            self.B = []
+            for p in self.A:
+                name = os.path.splitext(os.path.relpath(p, dirA))[0]
+                if name not in by_name:
+                    raise DataError(f"{p}: no image of the same name in {dirB}")
+                self.B.append(by_name[name])
+            check_images(self.A, transform)
+            check_images(self.B, transform)
+        self.transform = transform
+        self.swap = direction == 'BtoA'
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self):
         return len(self.A)
 
     def __getitem__(self, i):
-        if self.side_by_side:  # an odd width loses its last column: both halves stay the same size
-            ab = load_image(self.A[i]); w, h = ab.size
+        if self.side_by_side:  # an odd width loses its last column: both halves the same size
+            ab = load_image(self.A[i])
+            w, h = ab.size
             a, b = ab.crop((0, 0, w // 2, h)), ab.crop((w // 2, 0, w // 2 * 2, h))
         else:
             a, b = load_image(self.A[i]), load_image(self.B[i])
-        A, B = self.transform([a, b], random.Random(f"{self.seed}/{self.epoch}/{i}"))
-        return {'A': B, 'B': A} if self.swap else {'A': A, 'B': B}
+        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        A, B = self.transform([a, b], rng, self.A[i])
+        if self.swap:
+            return {'A': B, 'B': A}
+        return {'A': A, 'B': B}
 
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffles with a per-epoch seed, gives each of `world` processes its own equal-length shard
     (wrapping around to pad), and can start part-way into an epoch to resume exactly."""
     def __init__(self, n, seed, shuffle=True, rank=0, world=1):
-        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
-        self.epoch, self.start = 0, 0
+        self.n = n
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world = world
+        self.epoch = 0
+        self.start = 0
 
     def __len__(self):
         return math.ceil(self.n / self.world) - self.start
 
     def __iter__(self):
-        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-                 if self.shuffle else torch.arange(self.n)).tolist()
+        order = list(range(self.n))
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
         order += order[:math.ceil(self.n / self.world) * self.world - self.n]
         return iter(order[self.rank::self.world][self.start:])
 
@@ -166,7 +227,8 @@ class EpochSampler(torch.utils.data.Sampler):
 # built-in synthetic data: no download, deterministic, with hidden ground truth for evaluation
 
 SKY, GRASS = np.array([0.55, 0.75, 0.95]), np.array([0.35, 0.6, 0.25])
-COATS = np.array([[0.55, 0.35, 0.2], [0.85, 0.8, 0.7], [0.45, 0.45, 0.45], [0.75, 0.55, 0.3]])  # horse colours
+COATS = np.array([[0.55, 0.35, 0.2], [0.85, 0.8, 0.7], [0.45, 0.45, 0.45],
+                  [0.75, 0.55, 0.3]])  # horse colours
 
 def render_scene(seed, size, striped):
     """A landscape (sky over grass, random horizon) with 1-3 'animals' (ellipses and boxes in coat
@@ -175,28 +237,40 @@ def render_scene(seed, size, striped):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
     sky, grass = SKY + rng.normal(0, 0.05, 3), GRASS + rng.normal(0, 0.05, 3)
-    img = np.where((y < rng.uniform(0.3, 0.6) * size)[..., None], sky, grass) * (1 - 0.2 * (y / size))[..., None]
+    below_horizon = (y < rng.uniform(0.3, 0.6) * size)[..., None]
+    img = np.where(below_horizon, sky, grass) * (1 - 0.2 * (y / size))[..., None]
     stripes = ((x + y) % 4 < 2)[..., None]
     for _ in range(rng.integers(1, 4)):
         cx, cy = rng.uniform(0.3, 0.7, 2) * size
         rx, ry = rng.uniform(0.2, 0.35, 2) * size
-        inside = (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1) if rng.random() < 0.5 else \
-                 ((abs(x - cx) < rx * 0.8) & (abs(y - cy) < ry * 0.8))
+        if rng.random() < 0.5:
+            inside = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1
+        else:
+            inside = (abs(x - cx) < rx * 0.8) & (abs(y - cy) < ry * 0.8)
         colour = np.clip(COATS[rng.integers(len(COATS))] + rng.normal(0, 0.04, 3), 0, 1)
-        img = np.where(inside[..., None], np.where(stripes, 0.1 + colour * 0.1, colour) if striped else colour, img)
+        if striped:
+            colour = np.where(stripes, 0.1 + colour * 0.1, colour)
+        img = np.where(inside[..., None], colour, img)
     return torch.from_numpy(img.transpose(2, 0, 1)).float().clamp(0, 1) * 2 - 1
 
 def degrade(clean, seed):
     """The 'low quality' version: half resolution, colour faded towards grey, noise."""
-    x = F.interpolate(F.interpolate(clean[None], scale_factor=0.5, mode='area'), scale_factor=2, mode='bilinear')[0]
-    return (0.6 * x + 0.1 + 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))).clamp(-1, 1)
+    half = F.interpolate(clean[None], scale_factor=0.5, mode='area')
+    x = F.interpolate(half, scale_factor=2, mode='bilinear')[0]
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    return (0.6 * x + 0.1 + 0.08 * noise).clamp(-1, 1)
 
 class Synthetic(torch.utils.data.Dataset):
-    """paired=False, 'plain2zebra': A = plain animals, B = striped ones; training scenes differ between
-    the domains, each test scene comes in both styles, so G_A(A) can be scored against the true B.
-    paired=True, 'restore': A = a degraded scene, B = the clean one. Seeds 0.. train, 10**6.. test."""
+    """paired=False, 'plain2zebra': A = plain animals, B = striped ones; training scenes differ
+    between the domains, each test scene comes in both styles, so G_A(A) can be scored against the
+    true B. paired=True, 'restore': A = a degraded scene, B = the clean one. Seeds 0.. train,
+    10**6.. test."""
     def __init__(self, size, paired, train=True, direction='AtoB'):
-        self.size, self.paired, self.train, self.n, self.swap = size, paired, train, 1000 if train else 64, direction == 'BtoA'
+        self.size = size
+        self.paired = paired
+        self.train = train
+        self.n = 1000 if train else 64
+        self.swap = direction == 'BtoA'
 
     def __len__(self):
         return self.n
@@ -205,55 +279,80 @@ class Synthetic(torch.utils.data.Dataset):
         seed = i if self.train else 10**6 + i
         if self.paired:
             clean = render_scene(seed, self.size, striped=seed % 2 == 1)
-            return {'A': clean, 'B': degrade(clean, seed)} if self.swap else {'A': degrade(clean, seed), 'B': clean}
+            if self.swap:
+                return {'A': clean, 'B': degrade(clean, seed)}
+            return {'A': degrade(clean, seed), 'B': clean}
         seed_B = seed + 10**5 if self.train else seed  # training: an unrelated scene
-        return {'A': render_scene(seed, self.size, False), 'B': render_scene(seed_B, self.size, True)}
+        A = render_scene(seed, self.size, False)
+        B = render_scene(seed_B, self.size, True)
+        return {'A': A, 'B': B}
 
 # -----------------------------------------------------------------------------
 # download of the official datasets and pretrained generators
 
-CYCLEGAN_DATASETS = ['apple2orange', 'summer2winter_yosemite', 'horse2zebra', 'monet2photo', 'cezanne2photo',
-                     'ukiyoe2photo', 'vangogh2photo', 'maps', 'facades', 'iphone2dslr_flower', 'ae_photos', 'mini']
-PIX2PIX_DATASETS = ['facades', 'maps', 'edges2shoes', 'edges2handbags', 'night2day', 'mini_pix2pix']
-CYCLEGAN_MODELS = ['apple2orange', 'orange2apple', 'summer2winter_yosemite', 'winter2summer_yosemite', 'horse2zebra',
-                   'zebra2horse', 'monet2photo', 'style_monet', 'style_cezanne', 'style_ukiyoe', 'style_vangogh',
-                   'sat2map', 'map2sat', 'cityscapes_photo2label', 'cityscapes_label2photo', 'facades_photo2label',
-                   'facades_label2photo', 'iphone2dslr_flower']
+CYCLEGAN_DATASETS = ['apple2orange', 'summer2winter_yosemite', 'horse2zebra', 'monet2photo',
+                     'cezanne2photo', 'ukiyoe2photo', 'vangogh2photo', 'maps', 'facades',
+                     'iphone2dslr_flower', 'ae_photos', 'mini']
+PIX2PIX_DATASETS = ['facades', 'maps', 'edges2shoes', 'edges2handbags', 'night2day',
+                    'mini_pix2pix']
+CYCLEGAN_MODELS = ['apple2orange', 'orange2apple', 'summer2winter_yosemite',
+                   'winter2summer_yosemite', 'horse2zebra', 'zebra2horse', 'monet2photo',
+                   'style_monet', 'style_cezanne', 'style_ukiyoe', 'style_vangogh', 'sat2map',
+                   'map2sat', 'cityscapes_photo2label', 'cityscapes_label2photo',
+                   'facades_photo2label', 'facades_label2photo', 'iphone2dslr_flower']
 PIX2PIX_MODELS = ['edges2shoes', 'sat2map', 'map2sat', 'facades_label2photo', 'day2night']
 
 def known_urls(kind):
-    """Names clash between the collections (facades, maps, sat2map, ...): the pix2pix file keeps the
-    plain name and the CycleGAN one is cyclegan_<name>. GAN_DOWNLOAD_URL names a mirror."""
-    HOST = os.environ.get('GAN_DOWNLOAD_URL', 'http://efrosgans.eecs.berkeley.edu')
+    """Names clash between the collections (facades, maps, sat2map, ...): the pix2pix file keeps
+    the plain name and the CycleGAN one is cyclegan_<name>. GAN_DOWNLOAD_URL names a mirror."""
+    host = os.environ.get('GAN_DOWNLOAD_URL', 'http://efrosgans.eecs.berkeley.edu')
     if kind == 'dataset':
-        cyclegan, pix2pix = ({n: f"{HOST}/cyclegan/datasets/{n}.zip" for n in CYCLEGAN_DATASETS},
-                             {n: f"{HOST}/pix2pix/datasets/{n}.tar.gz" for n in PIX2PIX_DATASETS})
+        cyclegan = {n: f"{host}/cyclegan/datasets/{n}.zip" for n in CYCLEGAN_DATASETS}
+        pix2pix = {n: f"{host}/pix2pix/datasets/{n}.tar.gz" for n in PIX2PIX_DATASETS}
     else:
-        cyclegan, pix2pix = ({n: f"{HOST}/cyclegan/pretrained_models/{n}.pth" for n in CYCLEGAN_MODELS},
-                             {n: f"{HOST}/pix2pix/models-pytorch/{n}.pth" for n in PIX2PIX_MODELS})
-    return {**{('cyclegan_' if n in pix2pix else '') + n: u for n, u in cyclegan.items()}, **pix2pix}
+        cyclegan = {n: f"{host}/cyclegan/pretrained_models/{n}.pth" for n in CYCLEGAN_MODELS}
+        pix2pix = {n: f"{host}/pix2pix/models-pytorch/{n}.pth" for n in PIX2PIX_MODELS}
+    urls = {}
+    for name, url in cyclegan.items():
+        if name in pix2pix:
+            name = 'cyclegan_' + name
+        urls[name] = url
+    return {**urls, **pix2pix}
 
 def fetch(url, dest):
-    """Download to a temporary file beside dest, showing progress, and rename it only once complete."""
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dest)), prefix='.part-')
+    """Download to a temporary file beside dest, showing progress; renamed only once complete."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.part-')
     try:
         with urllib.request.urlopen(url, timeout=60) as r, os.fdopen(fd, 'wb') as f:
             total, done, t0 = int(r.headers.get('Content-Length') or 0), 0, time.time()
             while chunk := r.read(1 << 20):
-                f.write(chunk); done += len(chunk)
+                f.write(chunk)
+                done += len(chunk)
                 rate = done / max(time.time() - t0, 1e-6)
-                print(f"\r{url}: {done / 2**20:.1f}/{total / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s, "
-                      f"ETA {max(total - done, 0) / rate:.0f} s  ", end='', file=sys.stderr, flush=True)
+                print(f"\r{url}: {done / 2**20:.1f}/{total / 2**20:.1f} MiB, "
+                      f"{rate / 2**20:.1f} MiB/s, ETA {max(total - done, 0) / rate:.0f} s  ",
+                      end='', file=sys.stderr, flush=True)
         print(file=sys.stderr)
         if done < total:
             raise DataError(f"{url}: download cut short ({done} of {total} bytes); try again")
         os.replace(tmp, dest)
     except (OSError, ValueError) as e:
-        raise DataError(f"{url}: download failed ({getattr(e, 'reason', e)}); fetch it by hand and run "
-                        f"'python data.py unpack FILE'") from None
+        raise DataError(f"{url}: download failed ({getattr(e, 'reason', e)}); fetch it by hand "
+                        f"and run 'python data.py unpack FILE'") from None
     finally:
-        os.path.exists(tmp) and os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+def check_members(archive, members):
+    """Refuse the archive if any member could land outside the target: absolute paths, '..',
+    links, devices."""
+    for name, regular in members:
+        parts = name.replace('\\', '/').split('/')
+        if not regular or parts[0] == '' or '..' in parts or ':' in parts[0]:
+            raise DataError(f"{archive}: unsafe member '{name}' (absolute path, '..', link or "
+                            f"device); refusing to extract")
 
 def unpack(archive, name=None, root='datasets'):
     """Extract a dataset archive into root/<name> through a temporary folder, refusing any member
@@ -265,13 +364,17 @@ def unpack(archive, name=None, root='datasets'):
     tmp = tempfile.mkdtemp(dir=root, prefix='.unpack-')
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:  # the file type sits in the top bits of external_attr
-                check_members(archive, [(m.filename, m.external_attr >> 28 in (0, 4, 8)) for m in z.infolist()])
+            with zipfile.ZipFile(archive) as z:  # the file type sits in external_attr's top bits
+                members = [(m.filename, m.external_attr >> 28 in (0, 4, 8)) for m in z.infolist()]
+                check_members(archive, members)
                 z.extractall(tmp)
         else:
             with tarfile.open(archive) as t:
                 check_members(archive, [(m.name, m.isfile() or m.isdir()) for m in t.getmembers()])
-                t.extractall(tmp, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))  # Python 3.11.4+
+                if hasattr(tarfile, 'data_filter'):  # Python 3.11.4+
+                    t.extractall(tmp, filter='data')
+                else:
+                    t.extractall(tmp)
         top = os.listdir(tmp)  # the official archives hold one folder named after the dataset
         shutil.move(os.path.join(tmp, top[0]) if len(top) == 1 else tmp, target)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
@@ -280,34 +383,36 @@ def unpack(archive, name=None, root='datasets'):
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
-def check_members(archive, members):
-    for name, regular in members:
-        parts = name.replace('\\', '/').split('/')
-        if not regular or parts[0] == '' or '..' in parts or ':' in parts[0]:
-            raise DataError(f"{archive}: unsafe member '{name}' (absolute path, '..', link or device); refusing to extract")
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Fetch the official CycleGAN / pix2pix datasets and pretrained generators.')
+    p = argparse.ArgumentParser(
+        description='Fetch the official CycleGAN / pix2pix datasets and pretrained generators.')
     p.add_argument('command', choices=['download', 'download-model', 'unpack'])
     p.add_argument('name', nargs='?', help='dataset or model name; for unpack, the archive file')
     p.add_argument('--list', action='store_true', help='print the known names and exit')
-    p.add_argument('--root', default=None, help='destination folder (default datasets/ or pretrained/)')
+    p.add_argument('--root', default=None,
+                   help='destination folder (default datasets/ or pretrained/)')
     a = p.parse_args(argv)
     model = a.command == 'download-model'
-    urls, root = known_urls('model' if model else 'dataset'), a.root or ('pretrained' if model else 'datasets')
-    if a.list or not a.name:
-        return print('\n'.join(sorted(urls)) if a.command != 'unpack' else 'usage: python data.py unpack FILE')
-    if a.command == 'unpack':
-        return print(unpack(a.name, root=root))
-    if a.name not in urls:
-        raise DataError(f"unknown name '{a.name}'; 'python data.py {a.command} --list' prints the known ones")
-    if model:
+    urls = known_urls('model' if model else 'dataset')
+    root = a.root or ('pretrained' if model else 'datasets')
+    if a.command == 'unpack' and a.name:
+        print(unpack(a.name, root=root))
+    elif a.command == 'unpack':
+        print('usage: python data.py unpack FILE')
+    elif a.list or not a.name:
+        print('\n'.join(sorted(urls)))
+    elif a.name not in urls:
+        raise DataError(f"unknown name '{a.name}'; 'python data.py {a.command} --list' prints "
+                        f"the known ones")
+    elif model:
         fetch(urls[a.name], os.path.join(root, a.name + '.pth'))
-        return print(os.path.join(root, a.name + '.pth'))
-    os.makedirs(root, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix='.download-') as tmp:
-        fetch(urls[a.name], os.path.join(tmp, os.path.basename(urls[a.name])))
-        print(unpack(os.path.join(tmp, os.path.basename(urls[a.name])), a.name, root))
+        print(os.path.join(root, a.name + '.pth'))
+    else:
+        os.makedirs(root, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix='.download-') as tmp:
+            archive = os.path.join(tmp, os.path.basename(urls[a.name]))
+            fetch(urls[a.name], archive)
+            print(unpack(archive, a.name, root))
 
 if __name__ == '__main__':
     try:

@@ -1,40 +1,54 @@
 """Paired image-to-image translation in one file: the pix2pix family with the 1x1 PixelGAN and the
 PatchGAN discriminators (Isola et al., CVPR 2017, arXiv:1611.07004, section 4.4).
 
-    python pixelgan.py                                               # built-in restoration task, minutes on a CPU
-    python pixelgan.py --dataroot datasets/facades --direction BtoA  # labels -> photo, the paper's recipe
-    python pixelgan.py --resume                                      # continue out/pixelgan/ckpt.pt
+    python pixelgan.py                             # built-in restoration task, minutes on a CPU
+    python pixelgan.py --dataroot datasets/facades --direction BtoA  # labels -> photo
+    python pixelgan.py --resume                    # continue out/pixelgan/ckpt.pt
     python pixelgan.py --translate labels/ --ckpt out/pixelgan/ckpt.pt
-    python pixelgan.py --eval_only --ckpt out/pixelgan/ckpt.pt --dataroot datasets/facades --direction BtoA
+    python pixelgan.py --eval_only --ckpt out/pixelgan/ckpt.pt --dataroot datasets/facades
 
-A generator G maps an input image A to its target B; a conditional discriminator judges (A, B) pairs,
-and an L1 loss ties G(A) to the true B pixel by pixel. Read top to bottom: config, networks, losses,
-the training step, the loop, inference.
+A generator G maps an input image A to its target B. A conditional discriminator D judges
+(A, B) pairs: real ones, and ones whose B is G(A). An L1 loss ties G(A) to the true B pixel by
+pixel.
+
+Read top to bottom: config, networks, losses, the training step, the training loop, inference
+and export, the benchmark, main.
 """
-import argparse, contextlib, copy, functools, json, math, os, re, signal, sys, time
+import argparse, contextlib, copy, functools, json, math, os, re, signal, statistics, sys, time
 import torch
-import torch.utils.flop_counter
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.flop_counter
 import torchvision
 import data
 
 # -----------------------------------------------------------------------------
 # config: the official flags keep their names and defaults; the rest are marked "new"
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a wrong flag or value is one line (the error), not the usage text too."""
+    def error(self, message):
+        sys.exit(f"error: {message}; --help lists the flags")
+
 def get_parser():
-    p = argparse.ArgumentParser(description='pix2pix / PixelGAN: paired image-to-image translation')
+    p = ArgumentParser(description='pix2pix / PixelGAN: paired image-to-image translation')
     a = p.add_argument
-    a('--dataroot', default=None, help='paired dataset (<root>/train/*.jpg side by side, or <root>/A/train + <root>/B/train); none: the built-in synthetic task')
-    a('--netG', default='unet_256', choices=['unet_256', 'unet_128', 'resnet_9blocks', 'resnet_6blocks'])
-    a('--netD', default='pixel', choices=['pixel', 'basic', 'n_layers'], help='pixel = 1x1 PixelGAN (measured best here, see README), basic = 70x70 PatchGAN')
-    a('--n_layers_D', type=int, default=3, help='depth of the n_layers discriminator (1: 16x16 patches)')
+    a('--dataroot', default=None,
+      help='paired dataset (<root>/train/*.jpg side by side, or <root>/A/train and '
+           '<root>/B/train); none: the built-in synthetic task')
+    a('--netG', default='unet_256',
+      choices=['unet_256', 'unet_128', 'resnet_9blocks', 'resnet_6blocks'])
+    a('--netD', default='pixel', choices=['pixel', 'basic', 'n_layers'],
+      help='pixel = 1x1 PixelGAN (measured best here, see README), basic = 70x70 PatchGAN')
+    a('--n_layers_D', type=int, default=3,
+      help='depth of the n_layers discriminator (1: 16x16 patches)')
     a('--ngf', type=int, default=64, help='generator width (filters in the first conv)')
     a('--ndf', type=int, default=64, help='discriminator width')
     a('--norm', default='batch', choices=['batch', 'syncbatch', 'instance', 'none'])
     a('--no_dropout', action='store_true', help='no dropout in the generator')
     a('--init_type', default='normal', choices=['normal', 'xavier', 'kaiming', 'orthogonal'])
-    a('--init_gain', type=float, default=0.02, help='std of the normal init (gain for xavier/orthogonal)')
+    a('--init_gain', type=float, default=0.02,
+      help='std of the normal init (gain for xavier/orthogonal)')
     a('--gan_mode', default='vanilla', choices=['vanilla', 'lsgan', 'wgangp'])
     a('--lambda_L1', type=float, default=100.0, help='weight of the L1 loss')
     a('--lr', type=float, default=0.0002)
@@ -44,10 +58,12 @@ def get_parser():
     a('--batch_size', type=int, default=1, help='per process')
     a('--load_size', type=int, default=286, help='resize images to this size ...')
     a('--crop_size', type=int, default=256, help='... then randomly crop to this size')
-    a('--preprocess', default='resize_and_crop', choices=['resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none'])
+    a('--preprocess', default='resize_and_crop',
+      choices=['resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none'])
     a('--no_flip', action='store_true', help='no random horizontal flips')
     a('--serial_batches', action='store_true', help='take images in order instead of shuffled')
-    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'], help='AtoB maps the left/A image to the right/B one')
+    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'],
+      help='AtoB maps the left/A image to the right/B one')
     a('--num_threads', type=int, default=4, help='data loader worker processes')
     a('--max_dataset_size', type=int, default=None, help='use at most this many training pairs')
     a('--print_freq', type=int, default=100, help='iterations between progress lines')
@@ -56,51 +72,87 @@ def get_parser():
     a('--seed', type=int, default=0)
     a('--out_dir', default='out/pixelgan', help='new: checkpoint, samples and log.jsonl go here')
     a('--max_iters', type=int, default=None, help='new: stop after this many iterations')
-    a('--eval_freq', type=int, default=1000, help='new: iterations between evaluations on the test split')
+    a('--eval_freq', type=int, default=1000,
+      help='new: iterations between evaluations on the test split')
     a('--eval_only', action='store_true', help='new: evaluate --ckpt on the test split and exit')
-    a('--test_train_mode', action='store_true', help='new: keep dropout and batch statistics on at test time, as the paper does')
+    a('--test_train_mode', action='store_true',
+      help='new: keep dropout and batch statistics on at test time, as the paper does')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
-    a('--ckpt', default=None, help='new: checkpoint or official generator .pth to resume from / translate with')
-    a('--translate', default=None, metavar='PATH', help='new: translate an image or a folder and exit')
+    a('--ckpt', default=None,
+      help='new: checkpoint or official generator .pth to resume from / translate with')
+    a('--translate', default=None, metavar='PATH',
+      help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/pixelgan', help='new: where --translate writes')
-    a('--export_official', default=None, metavar='DIR', help='new: write --ckpt as the official latest_net_*.pth files')
+    a('--export_official', default=None, metavar='DIR',
+      help='new: write --ckpt as the official latest_net_*.pth files')
     a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     a('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
-      help='new: autocast precision of the networks; auto: bfloat16 where the hardware runs it fast')
+      help='new: autocast precision of the networks; auto: bfloat16 where the hardware is fast')
     a('--compile', action='store_true', help='new: torch.compile the networks')
-    a('--benchmark', action='store_true', help='new: time the training step on random tensors and exit')
+    a('--benchmark', action='store_true',
+      help='new: time the training step on random tensors and exit')
     a('--tensorboard', action='store_true', help='new: also log to out_dir/tensorboard')
     return p
 
 # Without --dataroot: a small preset that trains the synthetic task in minutes on 2 CPU cores.
 # Flags given on the command line override it; with a dataroot the official defaults hold.
-SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_size=128, num_threads=0, n_epochs=2,
-                        n_epochs_decay=2, print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
+SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_size=128,
+                        num_threads=0, n_epochs=2, n_epochs_decay=2, print_freq=50,
+                        display_freq=250, eval_freq=500, save_latest_freq=500)
+SYNTHETIC_TASK = 'the built-in synthetic task (restore degraded images)'
 SCRIPT = 'pixelgan'
-ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout']  # these must match to resume
-EVAL_FLAGS = ['direction', 'preprocess', 'load_size', 'crop_size']  # --eval_only takes these from the checkpoint
+NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
+ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout']  # must match
+EVAL_FLAGS = ['direction', 'preprocess', 'load_size', 'crop_size']  # --eval_only: from the ckpt
+FLAG_MINIMUM = dict(n_layers_D=1, ngf=1, ndf=1, batch_size=1, load_size=1, crop_size=1,
+                    max_dataset_size=1, print_freq=1, display_freq=1, save_latest_freq=1,
+                    eval_freq=1, lambda_L1=0, n_epochs=0, n_epochs_decay=0, num_threads=0,
+                    max_iters=0)
+
+def check_flags(args):
+    """Each numeric flag within its range, or one line naming the flag, its value and the range,
+    before any work starts."""
+    for name, lowest in FLAG_MINIMUM.items():
+        value = getattr(args, name)
+        if value is not None and value < lowest:
+            sys.exit(f"error: --{name} {value}: must be at least {lowest}")
+    for name in ('lr', 'init_gain'):
+        if not getattr(args, name) > 0:
+            sys.exit(f"error: --{name} {getattr(args, name)}: must be above 0")
+    if not 0 <= args.beta1 < 1:
+        sys.exit(f"error: --beta1 {args.beta1}: must be at least 0 and below 1")
+    if 'crop' not in args.preprocess and args.batch_size > 1:
+        sys.exit(f"error: --preprocess {args.preprocess} keeps each image's own size, so a batch "
+                 f"holds one image; use --batch_size 1 or a --preprocess with a crop")
 
 def parse_args(argv=None):
-    """Returns the args and the flags that were given explicitly (they override preset and checkpoint)."""
+    """Returns the args and the flags given explicitly (they override preset and checkpoint)."""
     parser = get_parser()
     args = parser.parse_args(argv)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     given = vars(parser.parse_args(argv))
     if args.dataroot is None and not args.resume and not args.benchmark:
-        vars(args).update({k: v for k, v in SYNTHETIC_PRESET.items() if k not in given})
+        preset = {k: v for k, v in SYNTHETIC_PRESET.items() if k not in given}
+        vars(args).update(preset)
+    check_flags(args)
     return args, given
 
 # -----------------------------------------------------------------------------
-# networks (layouts and state_dict keys exactly as the official code, so its .pth files load)
+# networks: layouts and state_dict keys exactly as the official code, so its .pth files load
 
 def norm_layer(norm, channels):
+    """Instance norm keeps no weights and no statistics, as in the official code."""
     if norm == 'instance':
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
-    return nn.BatchNorm2d(channels) if norm in ('batch', 'syncbatch') else nn.Identity()
+    if norm in ('batch', 'syncbatch'):
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
 
 class ReflectionPad2d(nn.ReflectionPad2d):
-    """Pads in the input's own dtype: CPU autocast would cast to float32 and back around each convolution."""
+    """Pads in the input's own dtype. CPU autocast would run the padding in float32: a cast to
+    float32 and back around every convolution, 3% slower and 15% more peak memory (measured at
+    256 px, bfloat16). Padding copies values, so no number changes."""
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
             return super().forward(x)
@@ -114,14 +166,18 @@ class UnetBlock(nn.Module):
         down = nn.Conv2d(in_nc or outer_nc, inner_nc, 4, 2, 1, bias=bias)
         self.outermost = in_nc is not None
         if self.outermost:
-            layers = [down, inner, nn.ReLU(True), nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1), nn.Tanh()]
+            layers = [down, inner, nn.ReLU(True),
+                      nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1), nn.Tanh()]
         elif inner is None:  # innermost: no norm at the 1x1 bottleneck
-            layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True), nn.ConvTranspose2d(inner_nc, outer_nc, 4, 2, 1, bias=bias),
+            layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True),
+                      nn.ConvTranspose2d(inner_nc, outer_nc, 4, 2, 1, bias=bias),
                       norm_layer(norm, outer_nc)]
         else:
-            layers = [nn.LeakyReLU(0.2, True), down, norm_layer(norm, inner_nc), inner, nn.ReLU(True),
-                      nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias), norm_layer(norm, outer_nc)]
-            layers += [nn.Dropout(0.5)] if dropout else []
+            layers = [nn.LeakyReLU(0.2, True), down, norm_layer(norm, inner_nc), inner,
+                      nn.ReLU(True), nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias),
+                      norm_layer(norm, outer_nc)]
+            if dropout:
+                layers += [nn.Dropout(0.5)]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -132,8 +188,8 @@ class UnetBlock(nn.Module):
         return torch.cat([x, self.model(x)], 1)
 
 class UnetGenerator(nn.Module):
-    """U-Net with num_downs downsamplings (8 for 256x256 inputs): widths 64-128-256-512-512-..., dropout
-    0.5 in the inner 512-wide levels (the generator's only noise source, section 3.2)."""
+    """U-Net with num_downs downsamplings (8 for 256x256 inputs): widths 64-128-256-512-512-...,
+    dropout 0.5 in the inner 512-wide levels (the generator's only noise, section 3.2)."""
     def __init__(self, in_nc=3, out_nc=3, num_downs=8, ngf=64, norm='batch', dropout=True):
         super().__init__()
         block = UnetBlock(ngf * 8, ngf * 8, norm=norm)
@@ -147,28 +203,37 @@ class UnetGenerator(nn.Module):
         return self.model(x)
 
 class ResnetBlock(nn.Module):
-    def __init__(self, dim, norm, bias, dropout):
+    """Two 3x3 convolutions added to the input (no ReLU after the sum). With dropout (a pix2pix
+    option) the second convolution moves from index 5 to 6, as in the official files."""
+    def __init__(self, dim, norm, bias, dropout=False):
         super().__init__()
-        self.conv_block = nn.Sequential(ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim),
-                                        nn.ReLU(True), *([nn.Dropout(0.5)] if dropout else []), ReflectionPad2d(1),
-                                        nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim))
+        layers = [ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim),
+                  nn.ReLU(True)]
+        if dropout:
+            layers += [nn.Dropout(0.5)]
+        layers += [ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim)]
+        self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x):
         return x + self.conv_block(x)
 
 class ResnetGenerator(nn.Module):
-    """The CycleGAN generator (see cyclegan.py), offered here as the alternative to the U-Net."""
-    def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='batch', n_blocks=9, dropout=False):
+    """CycleGAN's generator: c7s1-64, d128, d256, n_blocks x R256, u128, u64, c7s1-3 (the
+    paper's appendix), tanh output. Output size = input size, for sides that are multiples of 4."""
+    def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='instance', n_blocks=9, dropout=False):
         super().__init__()
-        bias = norm == 'instance'
-        layers = [ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)]
-        for i in range(2):
+        bias = norm == 'instance'  # as the official code: a bias only before instance norm
+        layers = [ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf),
+                  nn.ReLU(True)]
+        for i in range(2):  # downsample
             c = ngf * 2 ** i
-            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm_layer(norm, 2 * c), nn.ReLU(True)]
+            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm_layer(norm, 2 * c),
+                       nn.ReLU(True)]
         layers += [ResnetBlock(ngf * 4, norm, bias, dropout) for _ in range(n_blocks)]
-        for i in range(2):
+        for i in range(2):  # upsample
             c = ngf * 4 // 2 ** i
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm_layer(norm, c // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias),
+                       norm_layer(norm, c // 2), nn.ReLU(True)]
         layers += [ReflectionPad2d(3), nn.Conv2d(ngf, out_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -176,14 +241,16 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 class NLayerDiscriminator(nn.Module):
-    """PatchGAN: n_layers=3 judges 70x70 patches ('basic'), n_layers=1 16x16 patches. Outputs logits."""
-    def __init__(self, in_nc=6, ndf=64, n_layers=3, norm='batch'):
+    """PatchGAN: n_layers=3 judges 70x70 patches ('basic'), n_layers=1 16x16 ones. Logits out."""
+    def __init__(self, in_nc=3, ndf=64, n_layers=3, norm='instance'):
         super().__init__()
         bias = norm == 'instance'
-        layers, c = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
-        for n in range(1, n_layers + 1):  # the last of these keeps stride 1
+        layers = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        c = ndf
+        for n in range(1, n_layers + 1):
             c_next = ndf * min(2 ** n, 8)
-            layers += [nn.Conv2d(c, c_next, 4, 2 if n < n_layers else 1, 1, bias=bias), norm_layer(norm, c_next),
+            stride = 2 if n < n_layers else 1  # the last of these keeps the resolution
+            layers += [nn.Conv2d(c, c_next, 4, stride, 1, bias=bias), norm_layer(norm, c_next),
                        nn.LeakyReLU(0.2, True)]
             c = c_next
         layers += [nn.Conv2d(c, 1, 4, 1, 1)]
@@ -193,26 +260,36 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 class PixelDiscriminator(nn.Module):
-    """1x1 PixelGAN: judges every pixel on its own. Per the paper it adds colourfulness, not sharpness."""
-    def __init__(self, in_nc=6, ndf=64, norm='batch'):
+    """1x1 PixelGAN: judges every pixel on its own. In the pix2pix paper (section 4.4) it adds
+    colourfulness, not sharpness. Logits out."""
+    def __init__(self, in_nc=3, ndf=64, norm='instance'):
         super().__init__()
         bias = norm == 'instance'
-        self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(ndf, 2 * ndf, 1, bias=bias),
-                                 norm_layer(norm, 2 * ndf), nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
+        self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, True),
+                                 nn.Conv2d(ndf, 2 * ndf, 1, bias=bias), norm_layer(norm, 2 * ndf),
+                                 nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
 
     def forward(self, x):
         return self.net(x)
 
 def init_weights(net, init_type='normal', gain=0.02):
-    """Conv weights N(0, gain) (or xavier/kaiming/orthogonal), biases 0; batch norm weights N(1, gain)."""
-    init = dict(normal=lambda w: nn.init.normal_(w, 0.0, gain), xavier=lambda w: nn.init.xavier_normal_(w, gain),
-                kaiming=lambda w: nn.init.kaiming_normal_(w, a=0, mode='fan_in'), orthogonal=lambda w: nn.init.orthogonal_(w, gain))
+    """The official init: conv weights N(0, gain) (or xavier, kaiming, orthogonal), biases 0;
+    batch norm weights N(1, gain), biases 0."""
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            init[init_type](m.weight)
-            m.bias is None or nn.init.zeros_(m.bias)
+            if init_type == 'normal':
+                nn.init.normal_(m.weight, 0.0, gain)
+            elif init_type == 'xavier':
+                nn.init.xavier_normal_(m.weight, gain)
+            elif init_type == 'kaiming':
+                nn.init.kaiming_normal_(m.weight, a=0, mode='fan_in')
+            else:
+                nn.init.orthogonal_(m.weight, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, gain); nn.init.zeros_(m.bias)
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
     return net
 
 def make_generator(netG, ngf, norm, dropout):
@@ -221,14 +298,17 @@ def make_generator(netG, ngf, norm, dropout):
     return ResnetGenerator(3, 3, ngf, norm, 9 if netG == 'resnet_9blocks' else 6, dropout)
 
 def build_generator(args):
-    return init_weights(make_generator(args.netG, args.ngf, args.norm, not args.no_dropout), args.init_type, args.init_gain)
+    G = make_generator(args.netG, args.ngf, args.norm, not args.no_dropout)
+    return init_weights(G, args.init_type, args.init_gain)
 
 def build_discriminator(args):
     """Conditional: it sees input and output concatenated along channels (3 + 3)."""
     if args.netD == 'pixel':
-        return init_weights(PixelDiscriminator(6, args.ndf, args.norm), args.init_type, args.init_gain)
-    n_layers = 3 if args.netD == 'basic' else args.n_layers_D
-    return init_weights(NLayerDiscriminator(6, args.ndf, n_layers, args.norm), args.init_type, args.init_gain)
+        D = PixelDiscriminator(6, args.ndf, args.norm)
+    else:
+        n_layers = 3 if args.netD == 'basic' else args.n_layers_D
+        D = NLayerDiscriminator(6, args.ndf, n_layers, args.norm)
+    return init_weights(D, args.init_type, args.init_gain)
 
 def size_multiple(netG):
     """Input sides must be multiples of this: 2**num_downs for a U-Net, 4 for the ResNet."""
@@ -238,81 +318,172 @@ def size_multiple(netG):
 # losses
 
 def gan_loss(pred, target_is_real, gan_mode):
-    """The conditional GAN loss (paper Eq. 1): BCE on logits by default ('vanilla'), least squares
-    for 'lsgan', the critic's mean for WGAN-GP. Always in float32."""
+    """The adversarial loss (Eq. 1 of both papers): least squares ('lsgan', CycleGAN's default),
+    binary cross-entropy on logits ('vanilla', pix2pix's), or the critic's mean ('wgangp').
+    Always in float32."""
     pred = pred.float()
+    target = torch.full_like(pred, float(target_is_real))
     if gan_mode == 'lsgan':
-        return F.mse_loss(pred, torch.full_like(pred, float(target_is_real)))
+        return F.mse_loss(pred, target)
     if gan_mode == 'vanilla':
-        return F.binary_cross_entropy_with_logits(pred, torch.full_like(pred, float(target_is_real)))
-    return -pred.mean() if target_is_real else pred.mean()
+        return F.binary_cross_entropy_with_logits(pred, target)
+    if target_is_real:
+        return -pred.mean()
+    return pred.mean()
 
 def gradient_penalty(D, real, fake, weight=10.0):
-    """WGAN-GP (Gulrajani et al. 2017): push ||grad D|| to 1 on random interpolates of real and fake."""
+    """WGAN-GP (Gulrajani et al. 2017): push ||grad D|| to 1 on random mixes of real and fake."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(mix).float().sum(), mix, create_graph=True)
     return weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 def lr_factor(epoch, n_epochs, n_epochs_decay):
-    """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay (official rule)."""
+    """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay
+    (the official rule)."""
     return 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1)
 
 # -----------------------------------------------------------------------------
 # the training step
 
 class DiscriminatorLoss(nn.Module):
-    """D's loss as one module, so that data parallelism sees one forward per step."""
+    """D's loss as one module, so that data parallelism sees one forward per step. Halved, as in
+    the official code, which slows D down relative to G."""
     def __init__(self, D, gan_mode, batch_calls):
         super().__init__()
-        self.D, self.gan_mode, self.batch_calls = D, gan_mode, batch_calls
+        self.D = D
+        self.gan_mode = gan_mode
+        self.batch_calls = batch_calls
 
     def forward(self, real_A, real_B, fake_B):
-        real, fake = torch.cat([real_A, real_B], 1), torch.cat([real_A, fake_B], 1)  # D sees (input, output)
-        # per-sample norms allow one call on both; batch norm needs separate ones, as in the official code
-        pred_real, pred_fake = self.D(torch.cat([real, fake])).chunk(2) if self.batch_calls else (self.D(real), self.D(fake))
-        loss = 0.5 * (gan_loss(pred_fake, False, self.gan_mode) + gan_loss(pred_real, True, self.gan_mode))
-        return loss + gradient_penalty(self.D, real, fake) if self.gan_mode == 'wgangp' else loss
+        real = torch.cat([real_A, real_B], 1)  # D sees (input, output) pairs
+        fake = torch.cat([real_A, fake_B], 1)
+        if self.batch_calls:  # per-sample norms allow one call for both; batch norm does not
+            pred_real, pred_fake = self.D(torch.cat([real, fake])).chunk(2)
+        else:
+            pred_real = self.D(real)
+            pred_fake = self.D(fake)
+        loss_fake = gan_loss(pred_fake, False, self.gan_mode)
+        loss_real = gan_loss(pred_real, True, self.gan_mode)
+        loss = 0.5 * (loss_fake + loss_real)
+        if self.gan_mode == 'wgangp':
+            loss = loss + gradient_penalty(self.D, real, fake)
+        return loss
 
 def unwrap(m):
     m = getattr(m, 'module', m)  # DistributedDataParallel
     return getattr(m, '_orig_mod', m)  # torch.compile
 
 def train_step(G, D_loss, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
-    """One iteration of the objective G* = arg min_G max_D L_cGAN(G, D) + lambda L_L1(G) (paper Eq. 4):
-    the discriminator step, then the generator step."""
+    """One iteration of G* = arg min_G max_D L_cGAN(G, D) + lambda L_L1(G) (the paper's Eq. 4):
+    the discriminator step, then the generator step. Returns the losses."""
     D = unwrap(D_loss).D
+    # discriminator step: real pairs against generated pairs (Eq. 1, D's side)
     with autocast:
         fake_B = G(real_A)
-        loss_D = D_loss(real_A, real_B, fake_B.detach())  # Eq. 1, D's side: real pairs vs generated pairs
+        loss_D = D_loss(real_A, real_B, fake_B.detach())
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
     scaler.step(opt_D)
-    D.requires_grad_(False)  # the generator step leaves D untouched
+    # generator step, D frozen: fool D (Eq. 1, G's side) and stay close to the truth (Eq. 3)
+    D.requires_grad_(False)
     with autocast:
-        loss_G = gan_loss(D(torch.cat([real_A, fake_B], 1)), True, args.gan_mode)  # Eq. 1, G's side: fool D
-        loss_L1 = args.lambda_L1 * F.l1_loss(fake_B.float(), real_B)  # Eq. 3: stay close to the truth
+        loss_G_GAN = gan_loss(D(torch.cat([real_A, fake_B], 1)), True, args.gan_mode)
+        loss_G_L1 = args.lambda_L1 * F.l1_loss(fake_B.float(), real_B)
     opt_G.zero_grad(set_to_none=True)
-    scaler.scale(loss_G + loss_L1).backward()
+    scaler.scale(loss_G_GAN + loss_G_L1).backward()
     scaler.step(opt_G)
     scaler.update()
     D.requires_grad_(True)
-    return {'G_GAN': loss_G.detach(), 'G_L1': loss_L1.detach(), 'D': loss_D.detach()}
+    return {'G_GAN': loss_G_GAN.detach(), 'G_L1': loss_G_L1.detach(), 'D': loss_D.detach()}
 
 # -----------------------------------------------------------------------------
-# helpers: device, checkpoints, evaluation, samples
+# the training loop: its helpers first (device, checkpoints, data, networks, metrics, logging),
+# then train() itself
 
 def pick_device(name):
+    """--device auto takes CUDA, then MPS, then the CPU; a device that is absent is an error."""
+    present = ['cpu']
+    if torch.cuda.is_available():
+        present.insert(0, 'cuda')
+    if torch.backends.mps.is_available():
+        present.insert(0, 'mps')
     if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+        return torch.device(present[0])
+    if name not in present:
+        sys.exit(f"error: --device {name}: not present on this machine (present: "
+                 f"{', '.join(present)}); use --device auto")
     return torch.device(name)
 
-def save_checkpoint(ckpt, path):
-    """Write to a temporary file, fsync, then rename: a crash at any moment leaves the old file intact."""
+def fastest_dtype(device):
+    """bfloat16 on CUDA compute capability 8+ and on CPUs with AVX-512 BF16 or AMX."""
+    fast = False
+    if device.type == 'cuda':
+        fast = torch.cuda.get_device_capability(device)[0] >= 8
+    elif device.type == 'cpu' and os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            flags = f.read()
+        fast = 'avx512_bf16' in flags or 'amx_bf16' in flags
+    return 'bfloat16' if fast else 'float32'
+
+def setup(args):
+    """Device, process group (under torchrun), seed, autocast and the gradient scaler."""
+    ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
+    rank, world = 0, 1
+    if ddp:
+        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    device = pick_device(args.device)
+    if ddp and device.type == 'cuda':  # one GPU per process
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        torch.cuda.set_device(device)
+    if ddp:
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    torch.manual_seed(args.seed)  # the same on every process: identical initial weights
+    if args.dtype == 'auto':
+        args.dtype = fastest_dtype(device)
+    dtype = getattr(torch, args.dtype)
+    autocast = contextlib.nullcontext()
+    if dtype != torch.float32:
+        autocast = torch.autocast(device.type, dtype=dtype)
+    use_scaler = dtype == torch.float16 and device.type == 'cuda'
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return ddp, rank, world, device, autocast, scaler
+
+def check_writable(folder, flag):
+    """Fail now rather than at the first save, hours from now."""
+    probe = os.path.join(folder, '.write_test')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        open(probe, 'w').close()
+        os.remove(probe)
+    except OSError as e:
+        sys.exit(f"error: {flag} {folder}: not writable ({e.strerror})")
+
+def checkpoint_path(args):
+    return args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
+
+def first_line(e):
+    """An exception's message in one line, even an empty one."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    return lines[0][:160]
+
+def save_checkpoint(obj, path):
+    """Write to a temporary file, fsync, then rename: a crash at any moment leaves the old file
+    intact. A failed write (a full disk) removes the temporary file and ends with one line."""
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        sys.exit(f"error: could not write {path} ({first_line(e)}); an earlier file there is "
+                 f"unchanged")
 
 def load_file(path):
     """torch.load with weights_only=True: a file whose unpickling would run code is refused."""
@@ -321,45 +492,150 @@ def load_file(path):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        sys.exit(f"error: {path}: not a loadable weights file, or one that would run code when loaded "
-                 f"({str(e).splitlines()[0][:120]})")
+        sys.exit(f"error: {path}: not a loadable weights file, or one that would run code when "
+                 f"loaded ({first_line(e)})")
 
-def load_checkpoint(path):
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or ckpt.get('script') != SCRIPT:
-        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint" +
-                 (f" but a {ckpt['script']}.py one" if isinstance(ckpt, dict) and 'script' in ckpt else ''))
-    return ckpt
+def load_checkpoint(path, obj=None):
+    """Our checkpoint of this script, complete, or one line that says what the file is instead.
+    obj: the file's contents, if already loaded."""
+    if obj is None:
+        obj = load_file(path)
+    if not isinstance(obj, dict) or 'script' not in obj:
+        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint")
+    if obj['script'] != SCRIPT:
+        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint but a {obj['script']}.py one")
+    needed = ['args', 'epoch', 'epoch_iter', 'step', 'world_size', 'rng_cpu', *NETWORKS]
+    missing = [k for k in needed if k not in obj]
+    if missing:
+        sys.exit(f"error: {path}: a {SCRIPT}.py checkpoint without {', '.join(missing)}; it "
+                 f"cannot be used")
+    return obj
 
-def generator_from_file(path, obj=None):
-    """The generator from our checkpoint, or from an official .pth state_dict (U-Net depth, width and
-    batch vs instance norm inferred from its keys and shapes). Returns (G, netG)."""
-    obj = load_file(path) if obj is None else obj  # obj: the file's contents, if already loaded
-    if isinstance(obj, dict) and 'script' in obj:
-        if obj['script'] != 'pixelgan':
-            sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py --translate")
-        a = obj['args']
-        G = make_generator(a['netG'], a['ngf'], a['norm'], not a['no_dropout'])
-        G.load_state_dict(obj['G'])
-        return G, a['netG']
-    sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()} if isinstance(obj, dict) else {}
-    norm = 'batch' if any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items()) else 'instance'
-    if 'model.model.0.weight' in sd:
-        num_downs = max(k.split('.').count('model') for k in sd) - 1
-        netG, G = f"unet_{2 ** num_downs}", UnetGenerator(3, 3, num_downs, sd['model.model.0.weight'].shape[0], norm)
-    elif getattr(sd.get('model.1.weight'), 'shape', [0])[-1] == 7:
-        n_blocks, dropout = len({k.split('.')[1] for k in sd if 'conv_block' in k}), 'model.10.conv_block.6.weight' in sd
-        netG, G = f"resnet_{n_blocks}blocks", ResnetGenerator(3, 3, sd['model.1.weight'].shape[0], norm, n_blocks, dropout)
+def load_weights(net, sd, path):
+    """net.load_state_dict(sd), after dropping the running statistics that old official files
+    carry under InstanceNorm layers; weights that do not fit are one line naming a few keys."""
+    stale = ('running_mean', 'running_var', 'num_batches_tracked')
+    expected = net.state_dict()
+    sd = {k: v for k, v in sd.items() if k in expected or not k.endswith(stale)}
+    found = {
+        'missing': [k for k in expected if k not in sd],
+        'unexpected': [k for k in sd if k not in expected],
+        'of other shapes': [k for k in expected
+                            if k in sd and getattr(sd[k], 'shape', None) != expected[k].shape],
+    }
+    problems = [f"{what}: {', '.join(keys[:3])}" for what, keys in found.items() if keys]
+    if problems:
+        sys.exit(f"error: {path}: not the weights of this {type(net).__name__} "
+                 f"({'; '.join(problems)})")
+    net.load_state_dict(sd)
+    return net
+
+def resume_args(args, given, path):
+    """The checkpoint's args with the flags given now on top; architecture flags must not change.
+    --max_iters holds only if given again."""
+    ckpt = load_checkpoint(path)
+    saved = ckpt['args']
+    diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in ARCH_FLAGS
+            if k in given and given[k] != saved[k]]
+    if diff:
+        sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
+    return argparse.Namespace(**{**saved, 'max_iters': None, **given}), ckpt
+
+def make_test_set(args):
+    """Held-out pairs with the evaluation transform: <root>/test, else <root>/val (or A/test,
+    A/val); None if the dataroot has neither."""
+    if args.dataroot is None:
+        return data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction)
+    for phase in ('test', 'val'):
+        folders = [os.path.join(args.dataroot, phase), os.path.join(args.dataroot, 'A', phase)]
+        if any(os.path.isdir(f) for f in folders):
+            tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
+            return data.PairedFolders(args.dataroot, phase, tf, args.direction)
+    return None
+
+def make_data(args, rank, world):
+    """The training loader, a loader of held-out pairs (None without a test or val split), and
+    four fixed pairs for the grids (held-out where there are any)."""
+    if args.dataroot is None:
+        train_set = data.Synthetic(args.crop_size, paired=True, direction=args.direction)
     else:
-        kind = 'a discriminator' if 'model.0.weight' in sd or 'net.0.weight' in sd else 'not a generator state_dict'
-        sys.exit(f"error: {path}: {kind}; pixelgan.py --translate needs a U-Net or ResNet generator")
-    keys = G.state_dict().keys()  # old official files carry InstanceNorm running stats: drop them
-    G.load_state_dict({k: v for k, v in sd.items() if k in keys or not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))})
-    return G, netG
+        tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
+        train_set = data.PairedFolders(args.dataroot, 'train', tf, args.direction,
+                                       args.max_dataset_size, args.seed)
+    sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
+    loader = torch.utils.data.DataLoader(
+        train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
+        pin_memory=torch.cuda.is_available(), drop_last=True,
+        generator=torch.Generator())  # its own RNG: the global one stays exact on resume
+    test_set = make_test_set(args)
+    # without a crop, images keep their own sizes: one at a time
+    same_size = args.dataroot is None or 'crop' in args.preprocess
+    test_loader = None
+    if test_set is not None:
+        test_loader = torch.utils.data.DataLoader(test_set, 16 if same_size else 1)
+    shown = test_set if test_set is not None else train_set
+    fixed = next(iter(torch.utils.data.DataLoader(shown, 4 if same_size else 1)))
+    return loader, test_loader, fixed
+
+def build_model(args, device):
+    """The two networks by name, the two modules the training step runs (G, and D inside its
+    loss), and their optimizers. channels_last (NHWC) runs the discriminators faster; the U-Net
+    was faster without it, fused Adam being slower on its large weights in that layout (README)."""
+    G = build_generator(args).to(device)
+    D = build_discriminator(args).to(device, memory_format=torch.channels_last)
+    D_loss = DiscriminatorLoss(D, args.gan_mode, args.norm in ('instance', 'none'))
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+    return dict(G=G, D=D), G, D_loss, opt_G, opt_D
+
+def distribute(G, D, args, ddp, device):
+    """Under torchrun: DistributedDataParallel, so that each step averages the gradients of all
+    processes; with --norm syncbatch, batch statistics over all processes too."""
+    if not ddp:
+        return G, D
+    if args.norm == 'syncbatch' and device.type != 'cuda':
+        sys.exit("error: --norm syncbatch needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); "
+                 "use --norm batch")
+    if args.norm == 'syncbatch':
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    return nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
+
+def diverged(what, step, path):
+    return (f"error: the {what} became NaN or infinite at iteration {step}; {path} keeps the "
+            f"last good state. Try a lower --lr or --dtype float32")
+
+def save_run(path, args, stateful, world, epoch, epoch_iter, step):
+    """The checkpoint: everything needed to continue exactly (weights, optimizers and the rest of
+    `stateful`, the position in the data, the RNG states, the arguments). Weights that are not
+    finite never reach the disk."""
+    for obj in stateful.values():
+        if isinstance(obj, nn.Module) and not all(p.isfinite().all() for p in obj.parameters()):
+            sys.exit(diverged('weights', step, path))
+    ckpt = dict(script=SCRIPT, args=vars(args), epoch=epoch, epoch_iter=epoch_iter, step=step,
+                world_size=world, rng_cpu=torch.get_rng_state())
+    if torch.cuda.is_initialized():
+        ckpt['rng_cuda'] = torch.cuda.get_rng_state()
+    for name, obj in stateful.items():
+        ckpt[name] = obj.state_dict()
+    save_checkpoint(ckpt, path)
+
+def restore_run(ckpt, stateful, args, world, device):
+    """Loads what save_run wrote; returns the position (epoch, iteration in it, iteration). Under
+    another batch size or number of processes, the epoch goes on after the images already seen."""
+    for name, obj in stateful.items():
+        obj.load_state_dict(ckpt[name])
+    torch.set_rng_state(ckpt['rng_cpu'])
+    if device.type == 'cuda' and 'rng_cuda' in ckpt:
+        torch.cuda.set_rng_state(ckpt['rng_cuda'])
+    images_seen = ckpt['epoch_iter'] * ckpt['args']['batch_size'] * ckpt['world_size']
+    epoch_iter = images_seen // (args.batch_size * world)
+    return ckpt['epoch'], epoch_iter, ckpt['step']
 
 def psnr(x, y):
     """Peak signal-to-noise ratio in dB of images in [-1, 1], per image."""
-    return 10 * torch.log10(4 / ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-10))
+    mse = ((x - y) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(4 / mse.clamp_min(1e-10))
 
 def ssim(x, y, size=11, sigma=1.5):
     """Structural similarity (Wang et al. 2004), Gaussian window, on [0, 1] images, per image."""
@@ -370,16 +646,21 @@ def ssim(x, y, size=11, sigma=1.5):
     mx, my = blur(x), blur(y)
     vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return (((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).flatten(1).mean(1)
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
 
 @contextlib.contextmanager
 def test_mode(G, train_mode):
     """Yields the generator to test with: G in eval mode (deterministic: no dropout, running batch
-    statistics), or with train_mode, as the paper does, a copy with dropout and batch statistics on.
-    Either way G's training state, batch norm statistics and the RNG are left as they were."""
+    statistics), or with train_mode, as the paper does, a copy with dropout and batch statistics
+    on. Either way G's training state, batch norm statistics and the RNG are left as they were."""
     was_training = G.training
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        yield copy.deepcopy(G).train() if train_mode else G.eval()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        if train_mode:
+            yield copy.deepcopy(G).train()
+        else:
+            yield G.eval()
     G.train(was_training)
 
 @torch.no_grad()
@@ -390,8 +671,10 @@ def evaluate(G, loader, device, train_mode=False):
         for batch in loader:
             A, B = batch['A'].to(device), batch['B'].to(device)
             fake_B = G_test(A).float()
-            for name, v in [('l1', (fake_B - B).abs().flatten(1).mean(1)), ('l1_input', (A - B).abs().flatten(1).mean(1)),
-                            ('psnr', psnr(fake_B, B)), ('psnr_input', psnr(A, B)), ('ssim', ssim(fake_B, B)), ('ssim_input', ssim(A, B))]:
+            scores = dict(l1=(fake_B - B).abs().flatten(1).mean(1),
+                          l1_input=(A - B).abs().flatten(1).mean(1), psnr=psnr(fake_B, B),
+                          psnr_input=psnr(A, B), ssim=ssim(fake_B, B), ssim_input=ssim(A, B))
+            for name, v in scores.items():
                 sums[name] = sums.get(name, 0) + v.sum().item()
             n += len(A)
     return {k: v / n for k, v in sums.items()}
@@ -401,292 +684,389 @@ def save_samples(G, A, B, path, train_mode=False):
     """One row per sample: input | output | target."""
     with test_mode(G, train_mode) as G_test:
         rows = [A, G_test(A), B]
-    torchvision.utils.save_image(torch.stack([r[i].float() for i in range(len(A)) for r in rows]) * 0.5 + 0.5, path, nrow=3)
+    grid = torch.stack([r[i].float() for i in range(len(A)) for r in rows])
+    torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3)
 
-# -----------------------------------------------------------------------------
-# the training loop
+def describe_task(args):
+    if args.dataroot is not None:
+        return args.dataroot
+    return f"{SYNTHETIC_TASK}, preset {json.dumps({k: vars(args)[k] for k in SYNTHETIC_PRESET})}"
 
-def setup(args):
-    """Device, distributed process group (under torchrun), seeds, autocast and the grad scaler."""
-    ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
-    rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-    device = pick_device(args.device)
-    if ddp:
-        if device.type == 'cuda':
-            device = torch.device('cuda', int(os.environ['LOCAL_RANK'])); torch.cuda.set_device(device)
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    torch.manual_seed(args.seed)  # the same on every rank: identical initial weights
-    if args.dtype == 'auto':  # bfloat16 on CUDA compute capability 8+ and on CPUs with AVX-512 BF16 or AMX
-        cpu_flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
-        fast = (torch.cuda.get_device_capability(device)[0] >= 8 if device.type == 'cuda' else
-                device.type == 'cpu' and ('avx512_bf16' in cpu_flags or 'amx_bf16' in cpu_flags))
-        args.dtype = 'bfloat16' if fast else 'float32'
-    dtype = getattr(torch, args.dtype)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == 'cuda')
-    return ddp, rank, world, device, autocast, scaler
+def format_scores(scores, digits=3):
+    return ' '.join(f"{k} {v:.{digits}f}" for k, v in scores.items())
 
-def resume_args(args, given, path):
-    """The checkpoint's args with the flags given now on top; architecture flags must not change."""
-    ckpt = load_checkpoint(path)
-    diff = [f"--{k} {given[k]} (checkpoint: {ckpt['args'][k]})" for k in ARCH_FLAGS if k in given and given[k] != ckpt['args'][k]]
-    if diff:
-        sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
-    return argparse.Namespace(**{**ckpt['args'], 'max_iters': None, **given}), ckpt  # max_iters: only if given again
+class Log:
+    """log.jsonl in out_dir, one JSON object per line; with --tensorboard, TensorBoard too."""
+    def __init__(self, out_dir, tensorboard):
+        self.path = os.path.join(out_dir, 'log.jsonl')
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
+            except ImportError:
+                print("--tensorboard: the tensorboard package is not installed "
+                      "(pip install tensorboard); logging to log.jsonl only")
 
-def check_writable(folder, flag):
-    """Fail now rather than at the first save, hours from now."""
+    def write(self, step, record):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(dict(step=step, **record)) + '\n')
+        if self.tb is not None:
+            for k, v in record.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+class StopRequest:
+    """Ctrl-C or SIGTERM sets `requested`: the loop finishes its iteration, saves and exits."""
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self.request)
+        signal.signal(signal.SIGTERM, self.request)
+
+    def request(self, signum, frame):
+        self.requested = True
+
+def start_epoch(loader, epoch, epoch_iter, batch_size):
+    """An iterator over the epoch's batches from iteration epoch_iter on. Sampler and dataset
+    draw the epoch's random choices from (seed, epoch), so a resumed run sees the same images."""
+    loader.sampler.epoch = epoch
+    loader.dataset.epoch = epoch
+    loader.sampler.start = epoch_iter * batch_size
+    return iter(loader)
+
+def next_batch(batches):
+    """(the next batch or None at the end of the epoch, None or the message of a broken file)."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        open(os.path.join(folder, '.write_test'), 'w').close(); os.remove(os.path.join(folder, '.write_test'))
-    except OSError as e:
-        sys.exit(f"error: {flag} {folder}: not writable ({e.strerror})")
+        return next(batches, None), None
+    except data.DataError as e:  # from a loader worker it arrives with the worker's traceback
+        return None, str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')
 
-def make_test_set(args):
-    """Held-out pairs with evaluation transforms: <root>/test, else <root>/val (or A/test, A/val)."""
-    if args.dataroot is None:
-        return data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction)
-    for phase in ('test', 'val'):
-        if any(os.path.isdir(os.path.join(args.dataroot, *p)) for p in [(phase,), ('A', phase)]):
-            tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
-            return data.PairedFolders(args.dataroot, phase, tf, args.direction)
-    return None
+def any_process(flags, device):
+    """Under torchrun: each flag, true on every process if true on any one, so that all stop at
+    the same iteration (a process that stopped alone would leave the others waiting forever)."""
+    t = torch.tensor(flags, dtype=torch.float32, device=device)
+    torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+def due(step, freq, total):
+    """Every freq iterations, and at the last one."""
+    return step % freq == 0 or step == total
 
 def train(args, given):
-    ckpt_path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
-    args, ckpt = resume_args(args, given, ckpt_path) if args.resume else (args, None)
+    """Trains pix2pix / PixelGAN as args say; returns the two networks by name."""
+    # setup: the run to continue, device, process group and precision
+    ckpt_path = checkpoint_path(args)
+    ckpt = None
+    if args.resume:
+        args, ckpt = resume_args(args, given, ckpt_path)
+    elif os.path.exists(ckpt_path):
+        sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
+                 f"--out_dir (or --ckpt) to start a new one")
+    multiple = size_multiple(args.netG)
+    if args.crop_size % multiple:
+        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {multiple} for "
+                 f"--netG {args.netG}")
+    if args.netG.startswith('unet') and 'crop' not in args.preprocess:
+        sys.exit(f"error: --preprocess {args.preprocess} gives images of any size; --netG "
+                 f"{args.netG} needs a crop (--preprocess resize_and_crop, crop or "
+                 f"scale_width_and_crop)")
     ddp, rank, world, device, autocast, scaler = setup(args)
     master = rank == 0  # only rank 0 prints, evaluates and writes
-    if args.crop_size % size_multiple(args.netG):
-        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {size_multiple(args.netG)} for --netG {args.netG}")
-    if args.netG.startswith('unet') and 'crop' not in args.preprocess:
-        sys.exit(f"error: --preprocess {args.preprocess} gives images of any size; --netG {args.netG} needs a crop "
-                 f"(--preprocess resize_and_crop, crop or scale_width_and_crop)")
-    if master and not args.benchmark:
-        check_writable(args.out_dir, '--out_dir')
-        print(f"training on {args.dataroot or 'the built-in synthetic task (restore degraded images)'}" +
-              (f", preset {json.dumps({k: vars(args)[k] for k in SYNTHETIC_PRESET})}" if args.dataroot is None else ''))
-    if args.dataroot is None:
-        train_set = data.Synthetic(args.crop_size, paired=True, direction=args.direction)
-    else:
-        tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
-        train_set = data.PairedFolders(args.dataroot, 'train', tf, args.direction, args.max_dataset_size, args.seed)
-    sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
-    loader = torch.utils.data.DataLoader(train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
-                                         pin_memory=torch.cuda.is_available(), drop_last=True,
-                                         generator=torch.Generator())  # its own RNG: the global one stays exact on resume
-    test_set = make_test_set(args)
-    same_size = args.dataroot is None or 'crop' in args.preprocess  # else images differ in size: one at a time
-    test_loader = torch.utils.data.DataLoader(test_set, 16 if same_size else 1) if test_set else None
-    fixed = next(iter(torch.utils.data.DataLoader(test_set or train_set, 4 if same_size else 1)))  # shown in the grids
-
-    # channels_last (NHWC) runs the discriminators faster; the U-Net was faster without it, its large weights
-    # being cheaper for fused Adam in the plain layout (measured: see README, Performance)
-    G, D = build_generator(args).to(device), build_discriminator(args).to(device, memory_format=torch.channels_last)
-    for name, net in [('G', G), ('D', D)]:
-        master and print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
-    D_loss = DiscriminatorLoss(D, args.gan_mode, args.norm in ('instance', 'none'))
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
-    state = dict(epoch=0, epoch_iter=0, step=0)
-    if ckpt:  # everything needed to continue exactly: weights, optimizers, position, RNG
-        for k, obj in dict(G=G, D=D, opt_G=opt_G, opt_D=opt_D).items():
-            obj.load_state_dict(ckpt[k])
-        state = {k: ckpt[k] for k in state}
-        state['epoch_iter'] = state['epoch_iter'] * ckpt['world_size'] // world  # another process count: same images seen
-        torch.set_rng_state(ckpt['rng_cpu'])
-        if device.type == 'cuda' and 'rng_cuda' in ckpt:
-            torch.cuda.set_rng_state(ckpt['rng_cuda'])
-        master and print(f"resumed {ckpt_path} at epoch {state['epoch'] + 1}, iteration {state['step']}")
-    G_train, D_train = G, D_loss  # what the step runs: wrapped for data parallelism, compiled
-    if args.norm == 'syncbatch' and ddp and device.type != 'cuda':
-        sys.exit("error: --norm syncbatch needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); use --norm batch")
-    if ddp:
-        if args.norm == 'syncbatch':
-            G_train, D_train = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D_loss)
-        G_train, D_train = nn.parallel.DistributedDataParallel(G_train), nn.parallel.DistributedDataParallel(D_train)
-    if args.benchmark:  # the configured step on random tensors: no data loading, no disk
-        real_A, real_B = (torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1 for _ in 'AB')
-        step_fn = lambda: train_step(G_train, D_train, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
-        with torch.utils.flop_counter.FlopCounterMode(display=False) as flops:  # eager, before torch.compile
-            step_fn()
-    if args.compile:
-        G_train, D_train = torch.compile(G_train), torch.compile(D_train)
-    if args.benchmark:
-        return benchmark(args, step_fn, device, args.batch_size * world, flops.get_total_flops())
-
-    def diverged(what):  # stop before anything broken reaches the checkpoint on disk
-        sys.exit(f"error: the {what} became NaN or infinite at iteration {state['step']}; {ckpt_path} keeps the "
-                 f"last good state. Try a lower --lr or --dtype float32")
-
-    def save():
-        if not all(torch.isfinite(p).all() for net in (G, D) for p in net.parameters()):
-            diverged('weights')
-        save_checkpoint(dict(script=SCRIPT, args=vars(args), **state, world_size=world, rng_cpu=torch.get_rng_state(),
-                             G=G.state_dict(), D=D.state_dict(), opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(),
-                             **({'rng_cuda': torch.cuda.get_rng_state()} if device.type == 'cuda' else {})), ckpt_path)
-
-    tb = None
-    if args.tensorboard and master:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(os.path.join(args.out_dir, 'tensorboard'))
-        except ImportError:
-            print("--tensorboard: the tensorboard package is not installed (pip install tensorboard); logging to log.jsonl only")
-
-    def log(record):
-        with open(os.path.join(args.out_dir, 'log.jsonl'), 'a') as f:
-            f.write(json.dumps(dict(step=state['step'], **record)) + '\n')
-        for k, v in record.items():
-            tb and tb.add_scalar(k, v, state['step'])
-        tb and tb.flush()
-
-    stop = []  # Ctrl-C or SIGTERM: finish the iteration, save, exit
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, f: stop.append(s))
-    iters_per_epoch = len(sampler) // args.batch_size  # what the loader yields (each process sees its shard)
-    if iters_per_epoch == 0:
-        sys.exit(f"error: {len(train_set)} training images make no batch of --batch_size {args.batch_size} on {world} process(es)")
-    total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
-    total = min(total, args.max_iters or total)
-    t0, t_last, step_last, data_time = time.time(), time.time(), state['step'], 0.0
-    due = lambda freq: master and (state['step'] % freq == 0 or state['step'] == total)  # rank 0, every freq and at the end
-    while state['step'] < total and not stop:
-        for group in opt_G.param_groups + opt_D.param_groups:
-            group['lr'] = args.lr * lr_factor(state['epoch'], args.n_epochs, args.n_epochs_decay)
-        sampler.epoch = train_set.epoch = state['epoch']
-        sampler.start = state['epoch_iter'] * args.batch_size
-        try:
-            t_fetch = time.time()
-            for batch in loader:
-                data_time += time.time() - t_fetch  # waiting for the loader: should stay near zero
-                real_A, real_B = (batch[k].to(device, non_blocking=True) for k in 'AB')
-                loss = train_step(G_train, D_train, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
-                state['step'] += 1; state['epoch_iter'] += 1
-                step, losses = state['step'], {k: v.item() for k, v in loss.items()}
-                finite = all(map(math.isfinite, losses.values()))
-                if ddp:  # all processes stop at the same iteration, or the others would wait forever
-                    flags = torch.tensor([not finite, bool(stop)], dtype=torch.float32, device=device)
-                    torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX)
-                    finite, stop[:] = not flags[0], stop or [None] * bool(flags[1])
-                if not finite:
-                    diverged(f"loss ({losses})")
-                if due(args.print_freq):
-                    ips, data_ms = (step - step_last) * args.batch_size * world / (time.time() - t_last), 1000 * data_time / (step - step_last)
-                    print(f"epoch {state['epoch'] + 1} iter {step}/{total} | " + ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
-                          + f" | {ips:.1f} img/s, data {data_ms:.0f} ms/it | ETA {(total - step) / ips * args.batch_size * world / 60:.1f} min")
-                    log(dict(epoch=state['epoch'] + 1, lr=opt_G.param_groups[0]['lr'], images_per_s=ips, data_ms_per_iter=data_ms, **losses))
-                    t_last, step_last, data_time = time.time(), step, 0.0
-                if due(args.display_freq):
-                    save_samples(G, fixed['A'].to(device), fixed['B'].to(device), os.path.join(args.out_dir, f"samples_{step:07d}.png"),
-                                 args.test_train_mode)
-                if test_loader and due(args.eval_freq):
-                    scores = evaluate(G, test_loader, device, args.test_train_mode)
-                    print(f"eval at iter {step}: " + ' '.join(f"{k} {v:.3f}" for k, v in scores.items()))
-                    log(scores)
-                if due(args.save_latest_freq) or master and stop:
-                    save()
-                if step >= total or stop:
-                    break
-                t_fetch = time.time()
-            else:
-                state['epoch'], state['epoch_iter'] = state['epoch'] + 1, 0
-        except data.DataError as e:  # a file broke mid-run: save (we are between iterations) and say which
-            master and save()
-            sys.exit(f"error: {str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')}\n"
-                     f"saved {ckpt_path} at iteration {state['step']}; fix or remove the file, then add --resume")
+    log = None
     if master:
-        print(f"interrupted: saved {ckpt_path} at iteration {state['step']}; continue with: python {SCRIPT}.py --resume "
-              f"--ckpt {ckpt_path}" if stop else f"done: {state['step']} iterations in {(time.time() - t0) / 60:.1f} min; "
-              f"checkpoint {ckpt_path}")
+        check_writable(args.out_dir, '--out_dir')
+        print(f"training on {describe_task(args)}")
+        log = Log(args.out_dir, args.tensorboard)
+    # data (the dataset applies --direction)
+    loader, test_loader, fixed = make_data(args, rank, world)
+    # networks, optimizers, and what the checkpoint keeps of them
+    nets, G, D_loss, opt_G, opt_D = build_model(args, device)
+    stateful = dict(**nets, opt_G=opt_G, opt_D=opt_D)
+    if master:
+        for name, net in nets.items():
+            print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
+    epoch, epoch_iter, step = 0, 0, 0
+    if ckpt is not None:
+        epoch, epoch_iter, step = restore_run(ckpt, stateful, args, world, device)
+        if master:
+            print(f"resumed {ckpt_path} at epoch {epoch + 1}, iteration {step}")
+    G, D_loss = distribute(G, D_loss, args, ddp, device)
+    if args.compile:
+        G, D_loss = torch.compile(G), torch.compile(D_loss)
+    # the schedule: n_epochs + n_epochs_decay epochs, or --max_iters iterations
+    iters_per_epoch = len(loader)  # per process: each process reads its own shard
+    if iters_per_epoch == 0:
+        sys.exit(f"error: {len(loader.dataset)} training images make no batch of --batch_size "
+                 f"{args.batch_size} on {world} process(es)")
+    total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
+    if args.max_iters is not None:
+        total = min(total, args.max_iters)
+
+    stop = StopRequest()
+    batches = start_epoch(loader, epoch, epoch_iter, args.batch_size)
+    t0 = time.time()
+    t_last, step_last, data_time = t0, step, 0.0
+    stopping, failed, data_error = False, False, None
+    while step < total and not stopping:
+        # learning rate: constant for n_epochs, then a linear decay to zero
+        lr = args.lr * lr_factor(epoch, args.n_epochs, args.n_epochs_decay)
+        for group in opt_G.param_groups + opt_D.param_groups:
+            group['lr'] = lr
+        # data: the next batch, or the next epoch. A file that broke mid-run ends every process
+        t_fetch = time.time()
+        batch, data_error = next_batch(batches)
+        failed = data_error is not None
+        if ddp:
+            failed = any_process([failed], device)[0]
+        if failed:
+            break
+        if batch is None:
+            epoch, epoch_iter = epoch + 1, 0
+            batches = start_epoch(loader, epoch, epoch_iter, args.batch_size)
+            continue
+        data_time += time.time() - t_fetch  # waiting for the loader: should stay near zero
+        # the training step
+        real_A = batch['A'].to(device, non_blocking=True)
+        real_B = batch['B'].to(device, non_blocking=True)
+        loss = train_step(G, D_loss, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
+        step, epoch_iter = step + 1, epoch_iter + 1
+        losses = {k: v.item() for k, v in loss.items()}
+        # stop checks: a NaN loss ends the run before it reaches the checkpoint; Ctrl-C ends it
+        # after this iteration's save. Every process stops at the same iteration
+        diverging = not all(math.isfinite(v) for v in losses.values())
+        stopping = stop.requested
+        if ddp:
+            diverging, stopping = any_process([diverging, stopping], device)
+        if diverging:
+            sys.exit(diverged(f"loss ({losses})", step, ckpt_path))
+        # log: losses, speed, time to go
+        if master and due(step, args.print_freq, total):
+            seconds, steps = time.time() - t_last, step - step_last
+            ips = steps * args.batch_size * world / seconds
+            data_ms = 1000 * data_time / steps
+            print(f"epoch {epoch + 1} iter {step}/{total} | {format_scores(losses)} | "
+                  f"{ips:.1f} img/s, data {data_ms:.0f} ms/it | "
+                  f"ETA {(total - step) * seconds / steps / 60:.1f} min")
+            log.write(step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips,
+                                 data_ms_per_iter=data_ms, **losses))
+            t_last, step_last, data_time = time.time(), step, 0.0
+        # samples: the translations of the fixed held-out images
+        if master and due(step, args.display_freq, total):
+            path = os.path.join(args.out_dir, f"samples_{step:07d}.png")
+            save_samples(nets['G'], fixed['A'].to(device), fixed['B'].to(device), path,
+                         args.test_train_mode)
+        # evaluation against the held-out ground truth
+        if master and test_loader is not None and due(step, args.eval_freq, total):
+            scores = evaluate(nets['G'], test_loader, device, args.test_train_mode)
+            print(f"eval at iter {step}: {format_scores(scores)}")
+            log.write(step, scores)
+        # save: every save_latest_freq iterations, at the end, and when asked to stop
+        if master and (due(step, args.save_latest_freq, total) or stopping):
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+
     if ddp:
         torch.distributed.destroy_process_group()
-    if stop:
+    if failed:  # rank 0 saves the last finished iteration; the process that met the file names it
+        message = data_error or "a file broke on another process (its message names it)"
+        if master:
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+            message += (f"\nsaved {ckpt_path} at iteration {step}; fix or remove the file, "
+                        f"then add --resume")
+        sys.exit(f"error: {message}")
+    if master and stopping:
+        print(f"interrupted: saved {ckpt_path} at iteration {step}; continue with: "
+              f"python {SCRIPT}.py --resume --ckpt {ckpt_path}")
+    if stopping:
         sys.exit(130)
-    return G, D
+    if master:
+        saved = f"; checkpoint {ckpt_path}" if os.path.exists(ckpt_path) else ""
+        print(f"done: {step} iterations in {(time.time() - t0) / 60:.1f} min{saved}")
+    return nets
 
 # -----------------------------------------------------------------------------
-# inference, evaluation only, export
+# inference, evaluation only, and export
+
+def generator_from_file(path, obj=None):
+    """The generator from our checkpoint, or from an official .pth state_dict (U-Net depth, width,
+    batch or instance norm, dropout inferred from its keys and shapes). Returns (G, netG)."""
+    if obj is None:  # obj: the file's contents, if already loaded
+        obj = load_file(path)
+    if isinstance(obj, dict) and 'script' in obj:
+        if obj['script'] != SCRIPT:
+            sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py "
+                     f"--translate")
+        a = load_checkpoint(path, obj)['args']
+        G = make_generator(a['netG'], a['ngf'], a['norm'], not a['no_dropout'])
+        return load_weights(G, obj['G'], path), a['netG']
+    sd = {}
+    if isinstance(obj, dict):
+        sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()}
+    batch = any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items())  # affine norms
+    norm = 'batch' if batch else 'instance'
+    if 'model.model.0.weight' in sd:
+        num_downs = max(k.split('.').count('model') for k in sd) - 1
+        netG = f"unet_{2 ** num_downs}"
+        G = UnetGenerator(3, 3, num_downs, sd['model.model.0.weight'].shape[0], norm)
+    elif getattr(sd.get('model.1.weight'), 'shape', [0])[-1] == 7:
+        n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
+        dropout = getattr(sd.get('model.10.conv_block.6.weight'), 'ndim', 0) == 4  # a conv there
+        netG = f"resnet_{n_blocks}blocks"
+        G = ResnetGenerator(3, 3, sd['model.1.weight'].shape[0], norm, n_blocks, dropout)
+    else:
+        kind = 'not a generator state_dict'
+        if 'model.0.weight' in sd or 'net.0.weight' in sd:
+            kind = 'a discriminator'
+        sys.exit(f"error: {path}: {kind}; pixelgan.py --translate needs a U-Net or ResNet "
+                 f"generator")
+    return load_weights(G, sd, path), netG
+
+def inference_generator(args):
+    """What --translate runs: the generator, in eval mode (in train mode with --test_train_mode),
+    and the multiple its input sides must have."""
+    G, netG = generator_from_file(checkpoint_path(args))
+    return G.train(args.test_train_mode), size_multiple(netG)
+
+def run_generator(G, x, multiple):
+    """G on an image of any size: padded to a multiple, and to at least 8 pixels (the ResNet's
+    reflection padding needs 2 after its two downsamplings), then cropped back. The padding
+    reflects the image where it is large enough, else repeats its edge."""
+    h, w = x.shape[-2:]
+    smallest = max(multiple, 8)
+    pad_h = max(-h % multiple, smallest - h)
+    pad_w = max(-w % multiple, smallest - w)
+    mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+    return G(F.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
 
 @torch.no_grad()
-def translate(args, given=None):
-    """Every image under args.translate through the generator, at its own size."""
+def translate(args):
+    """--translate: each image under the path, at its own size, through the generator; a PNG per
+    image with the same relative name, and an index.html that shows input and output."""
     device = pick_device(args.device)
-    G, netG = generator_from_file(args.ckpt or os.path.join(args.out_dir, 'ckpt.pt'))
-    G.to(device).train(args.test_train_mode)
-    paths = [args.translate] if os.path.isfile(args.translate) else data.find_images(args.translate)
-    base = os.path.dirname(args.translate) if os.path.isfile(args.translate) else args.translate
+    G, multiple = inference_generator(args)
+    G.to(device)
+    paths, base = [args.translate], os.path.dirname(args.translate)
+    if not os.path.isfile(args.translate):
+        paths, base = data.find_images(args.translate), args.translate
+    outs = [os.path.join(args.results_dir, os.path.splitext(os.path.relpath(p, base))[0] + '.png')
+            for p in paths]
+    inputs = {os.path.abspath(p) for p in paths}
+    for out in outs:
+        if os.path.abspath(out) in inputs:
+            sys.exit(f"error: --results_dir {args.results_dir}: the output would replace the "
+                     f"input {out}; choose another --results_dir")
     check_writable(args.results_dir, '--results_dir')
-    rows, m = [], size_multiple(netG)
-    for path in paths:
-        x = torchvision.transforms.functional.to_tensor(data.load_image(path))[None].to(device) * 2 - 1
-        h, w = x.shape[-2:]
-        ph, pw = -h % m, -w % m  # pad up to the multiple the generator needs, then crop back
-        x = F.pad(x, (0, pw, 0, ph), mode='reflect' if ph < h and pw < w else 'replicate')
-        y = G(x)[..., :h, :w]
-        out = os.path.join(args.results_dir, os.path.splitext(os.path.relpath(path, base))[0] + '.png')
+    rows = []
+    for path, out in zip(paths, outs):
+        x = torchvision.transforms.functional.to_tensor(data.load_image(path))
+        y = run_generator(G, x[None].to(device) * 2 - 1, multiple)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         torchvision.utils.save_image(y * 0.5 + 0.5, out)
-        rel = lambda p: os.path.relpath(os.path.abspath(p), os.path.abspath(args.results_dir))
-        rows.append(f"<tr><td>{rel(path)}</td><td><img src='{rel(path)}'></td><td><img src='{rel(out)}'></td></tr>")
+        src = os.path.relpath(os.path.abspath(path), os.path.abspath(args.results_dir))
+        dst = os.path.relpath(os.path.abspath(out), os.path.abspath(args.results_dir))
+        rows.append(f"<tr><td>{src}</td><td><img src='{src}'></td><td><img src='{dst}'></td></tr>")
     with open(os.path.join(args.results_dir, 'index.html'), 'w') as f:
-        f.write(f"<html><body><table><tr><th>file</th><th>input</th><th>output</th></tr>{''.join(rows)}</table></body></html>\n")
-    print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them side by side)")
+        f.write("<html><body><table><tr><th>file</th><th>input</th><th>output</th></tr>"
+                f"{''.join(rows)}</table></body></html>\n")
+    print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them side "
+          f"by side)")
 
 def eval_only(args, given):
-    """The evaluation alone; with our checkpoint, its direction and sizes unless given now."""
+    """--eval_only: the evaluation alone; with our checkpoint, its direction and sizes unless
+    given now."""
     device = pick_device(args.device)
-    path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
+    path = checkpoint_path(args)
     saved = load_file(path)
     G, _ = generator_from_file(path, saved)
     if isinstance(saved, dict) and saved.get('script') == SCRIPT:
-        args = argparse.Namespace(**{**vars(args), **{k: saved['args'][k] for k in EVAL_FLAGS}, **given})
+        from_ckpt = {k: saved['args'][k] for k in EVAL_FLAGS}
+        args = argparse.Namespace(**{**vars(args), **from_ckpt, **given})
     test_set = make_test_set(args)
     if test_set is None:
         sys.exit(f"error: {args.dataroot}: no test or val split (test/, val/, A/test or A/val)")
-    scores = evaluate(G.to(device), torch.utils.data.DataLoader(test_set, 16), device, args.test_train_mode)
-    print(' '.join(f"{k} {v:.4f}" for k, v in scores.items()))
+    loader = torch.utils.data.DataLoader(test_set, 16)
+    scores = evaluate(G.to(device), loader, device, args.test_train_mode)
+    print(format_scores(scores, digits=4))
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, 'log.jsonl'), 'a') as f:
         f.write(json.dumps(dict(eval_only=args.ckpt, **scores)) + '\n')
 
-def export_official(args, given=None):
-    """latest_net_G.pth / latest_net_D.pth: bare state_dicts, as the official test script loads them."""
-    ckpt = load_checkpoint(args.ckpt or os.path.join(args.out_dir, 'ckpt.pt'))
+def export_official(args):
+    """--export_official: each network as a bare state_dict in latest_net_<name>.pth, as the
+    official test script loads them."""
+    ckpt = load_checkpoint(checkpoint_path(args))
     check_writable(args.export_official, '--export_official')
-    for k in ('G', 'D'):
-        save_checkpoint(ckpt[k], os.path.join(args.export_official, f"latest_net_{k}.pth"))
-    print(f"wrote {args.export_official}/latest_net_G.pth and latest_net_D.pth")
+    for name in NETWORKS:
+        save_checkpoint(ckpt[name], os.path.join(args.export_official, f"latest_net_{name}.pth"))
+    print(f"wrote latest_net_{{{','.join(NETWORKS)}}}.pth into {args.export_official}")
 
-PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense bf16 FLOP/s, for the MFU
+# -----------------------------------------------------------------------------
+# the benchmark: the training step that train() runs, timed on random tensors
 
-def benchmark(args, step_fn, device, n_images, flops):
-    """Times step_fn (the configured training step on fixed random tensors) after three warm-up steps; the
-    median over --max_iters steps (default 10), as the official figures in the README. Prints one figure
-    per line, then all of them as one JSON object."""
-    import resource, statistics
-    sync, times = torch.cuda.synchronize if device.type == 'cuda' else lambda: None, []
+PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense, for MFU
+
+def random_images(args, device):
+    return torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1
+
+def report_speed(step_fn, args, device, n_images, flops):
+    """Times step_fn after three warm-up steps: the median over --max_iters steps (default 10),
+    as the official figures in the README. Prints one figure a line, then all as one JSON line."""
+    import resource
+    times = []
     for _ in range(3 + (args.max_iters or 10)):
-        sync(); t = time.perf_counter()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        t = time.perf_counter()
         step_fn()
-        sync(); times.append(time.perf_counter() - t)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
     sec = statistics.median(times[3:])
-    name = torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    result = dict(ms_per_iter=1000 * sec, images_per_s=n_images / sec, flops_per_iter=flops, flops_per_s=flops / sec,
-                  peak_mem_mib=torch.cuda.max_memory_allocated() / 2**20 if device.type == 'cuda' else
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, mfu=peak and flops / sec / peak,
-                  device=name, dtype=args.dtype)
+    name, peak = 'cpu', None
+    peak_mem_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        peak_mem_mib = torch.cuda.max_memory_allocated() / 2**20
+    result = dict(ms_per_iter=1000 * sec, images_per_s=n_images / sec, flops_per_iter=flops,
+                  flops_per_s=flops / sec, peak_mem_mib=peak_mem_mib,
+                  mfu=flops / sec / peak if peak else None, device=name, dtype=args.dtype)
     for k, v in result.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps(result))
     return result
 
-if __name__ == '__main__':
-    args, given = parse_args()
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, also in a log file
+def benchmark(args):
+    """--benchmark: build what train() builds, count one step's FLOPs (eager), then time it."""
+    ddp, rank, world, device, autocast, scaler = setup(args)
+    nets, G, D_loss, opt_G, opt_D = build_model(args, device)
+    G, D_loss = distribute(G, D_loss, args, ddp, device)
+    batch = (random_images(args, device), random_images(args, device), args, autocast, scaler)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        train_step(G, D_loss, opt_G, opt_D, *batch)
+    if args.compile:
+        G, D_loss = torch.compile(G), torch.compile(D_loss)
+    step_fn = functools.partial(train_step, G, D_loss, opt_G, opt_D, *batch)
+    return report_speed(step_fn, args, device, args.batch_size * world, counter.get_total_flops())
+
+# -----------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    args, given = parse_args(argv)
     try:
-        (translate if args.translate else eval_only if args.eval_only else export_official if args.export_official
-         else train)(args, given)
+        if args.translate:
+            translate(args)
+        elif args.eval_only:
+            eval_only(args, given)
+        elif args.export_official:
+            export_official(args)
+        elif args.benchmark:
+            benchmark(args)
+        else:
+            train(args, given)
     except data.DataError as e:
         sys.exit(f"error: {e}")
+
+if __name__ == '__main__':
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows at once, also in a log file
+    main()

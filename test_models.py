@@ -1,6 +1,6 @@
 """The specification of cyclegan.py, pixelgan.py and data.py, as tests. Small sizes and widths keep
 the whole file to a few minutes on two CPU cores."""
-import contextlib, copy, json, os, pickle, subprocess, sys
+import ast, contextlib, copy, inspect, io, json, os, pickle, subprocess, sys, tokenize
 import numpy as np
 import pytest
 import torch
@@ -64,7 +64,7 @@ def test_official_key_names():
             'model.22.weight', 'model.26.bias'} <= set(G.state_dict())
     U = pixelgan.UnetGenerator(num_downs=8, ngf=4)
     assert {'model.model.0.weight', 'model.model.1.model.1.weight', 'model.model.3.bias'} <= set(U.state_dict())
-    assert {'model.0.weight', 'model.2.weight', 'model.3.weight', 'model.11.weight'} <= set(pixelgan.NLayerDiscriminator(ndf=4).state_dict())
+    assert {'model.0.weight', 'model.2.weight', 'model.3.weight', 'model.11.weight'} <= set(pixelgan.NLayerDiscriminator(ndf=4, norm='batch').state_dict())
 
 @pytest.mark.parametrize('netD, n_layers, side', [('basic', 3, 30), ('n_layers', 1, 126), ('n_layers', 2, 62),
                                                   ('n_layers', 4, 14), ('n_layers', 5, 6), ('pixel', 3, 256)])
@@ -292,11 +292,8 @@ TINY_CYCLEGAN = ['--crop_size', 32, '--load_size', 32, '--ngf', 4, '--ndf', 4, '
 
 def test_cyclegan_trains_resumes_and_translates(tmp_path):
     out = tmp_path / 'out'
-    p = run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--out_dir', out, '--tensorboard')
+    p = run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--out_dir', out)
     assert f"G_A parameters: {count(cyclegan.ResnetGenerator(ngf=4, n_blocks=6))}" in p.out
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(out / 'tensorboard')); events.Reload()
-    assert {'G_A', 'cycle_A', 'lr', 'psnr_AtoB'} <= set(events.Tags()['scalars'])
     assert 'built-in synthetic task' in p.out and 'psnr_AtoB' in p.out and 'psnr_identity' in p.out
     log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert {'step', 'lr', 'images_per_s', 'G_A', 'cycle_A', 'idt_B', 'D_A'} <= set(log[0]) and log[0]['step'] == 2
@@ -319,6 +316,14 @@ def test_cyclegan_trains_resumes_and_translates(tmp_path):
         assert 'nested/b.png' in (res / 'index.html').read_text()
     a, b = np.asarray(Image.open(tmp_path / 'res_AtoB' / 'a.png')), np.asarray(Image.open(tmp_path / 'res_BtoA' / 'a.png'))
     assert not np.array_equal(a, b)  # BtoA really uses the other generator
+
+def test_tensorboard_gets_the_scalars_of_log_jsonl(tmp_path):
+    pytest.importorskip('tensorboard', reason='optional extra: pip install tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--out_dir', tmp_path, '--tensorboard')
+    events = EventAccumulator(str(tmp_path / 'tensorboard'))
+    events.Reload()
+    assert {'G_A', 'cycle_A', 'lr', 'psnr_AtoB'} <= set(events.Tags()['scalars'])
 
 def make_unpaired(root, n=3, size=40):
     for d in ('trainA', 'trainB', 'testA', 'testB'):
@@ -384,12 +389,17 @@ def test_translate_direction_follows_the_direction_trained(tmp_path):
         G = cyclegan.generator_from_file(str(tmp_path / 'ckpt.pt'), direction)
         assert all(torch.equal(v, ckpt[key][k]) for k, v in G.state_dict().items())
 
-def test_pixelgan_loads_resnet_generator_files_with_dropout(tmp_path):
-    G = pixelgan.ResnetGenerator(ngf=4, n_blocks=6, dropout=True).eval()
-    torch.save(G.state_dict(), tmp_path / 'g.pth')
-    loaded, netG = pixelgan.generator_from_file(str(tmp_path / 'g.pth'))
+def test_resnet_generator_files_load_in_both_scripts_with_any_norm_and_dropout(tmp_path):
     x = torch.randn(1, 3, 32, 32)
-    assert netG == 'resnet_6blocks' and torch.equal(loaded.eval()(x), G(x))
+    for norm in ('instance', 'batch'):
+        for dropout in (False, True):  # with dropout the second conv of each block moves to index 6
+            G = cyclegan.ResnetGenerator(ngf=4, n_blocks=6, norm=norm, dropout=dropout).eval()
+            torch.save(G.state_dict(), tmp_path / 'g.pth')
+            from_cyclegan = cyclegan.generator_from_file(str(tmp_path / 'g.pth'))
+            from_pixelgan, netG = pixelgan.generator_from_file(str(tmp_path / 'g.pth'))
+            assert netG == 'resnet_6blocks'
+            for loaded in (from_cyclegan, from_pixelgan):
+                assert torch.equal(loaded.eval()(x), G(x)), (norm, dropout)
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / 'pwned'
@@ -415,7 +425,7 @@ def test_pixelgan_trains_resumes_translates_and_evaluates(tmp_path):
     out = tmp_path / 'out'
     p = run('pixelgan.py', *TINY_PIXELGAN, '--max_iters', 4, '--out_dir', out, '--netD', 'pixel')
     assert f"G parameters: {count(pixelgan.UnetGenerator(num_downs=7, ngf=4))}" in p.out
-    assert f"D parameters: {count(pixelgan.PixelDiscriminator(6, ndf=4))}" in p.out
+    assert f"D parameters: {count(pixelgan.PixelDiscriminator(6, ndf=4, norm='batch'))}" in p.out
     assert 'psnr_input' in p.out and (out / 'samples_0000004.png').exists()
     log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert {'G_GAN', 'G_L1', 'D', 'lr'} <= set(log[0]) and any('ssim' in r for r in log)
@@ -555,7 +565,7 @@ def _ddp_worker(rank, script, argv, port, out):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     module = {'cyclegan': cyclegan, 'pixelgan': pixelgan}[script]
     nets = module.train(*module.parse_args(argv))
-    torch.save([n.state_dict() for n in nets], os.path.join(out, f'rank{rank}.pt'))
+    torch.save([n.state_dict() for n in nets.values()], os.path.join(out, f'rank{rank}.pt'))
 
 @pytest.mark.parametrize('script, tiny', [('cyclegan', TINY_CYCLEGAN), ('pixelgan', TINY_PIXELGAN)])
 def test_two_processes_train_in_lockstep_and_reproducibly(tmp_path, script, tiny):
@@ -580,6 +590,18 @@ def test_torchrun_launch(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.count('G_A parameters') == 1  # rank 0 alone prints
     assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['world_size'] == 2
+
+def test_torchrun_a_file_broken_on_one_process_ends_every_process_after_a_save(tmp_path):
+    make_unpaired(tmp_path / 'data', n=4)
+    bad = tmp_path / 'data' / 'trainA' / '3.png'
+    bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])  # found only when loaded
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        os.path.join(ROOT, 'cyclegan.py'), '--dataroot', str(tmp_path / 'data'), *map(str, TINY_CYCLEGAN),
+                        '--load_size', '36', '--max_iters', '8', '--out_dir', str(tmp_path / 'o')],
+                       capture_output=True, text=True, timeout=300)
+    step = torch.load(tmp_path / 'o' / 'ckpt.pt', weights_only=True)['step']
+    assert p.returncode != 0 and f"error: {bad}: cannot read image" in p.stderr
+    assert f"saved {tmp_path / 'o' / 'ckpt.pt'} at iteration {step}" in p.stderr and p.stderr.count('saved') == 1
 
 # -----------------------------------------------------------------------------
 # dataset and model download, from a local HTTP server standing in for the official host
@@ -781,3 +803,226 @@ def test_an_unwritable_output_folder_fails_before_training(tmp_path):
     torch.save(official_resnet_state_dict(), tmp_path / 'g.pth')
     p = run('cyclegan.py', '--translate', tmp_path / 'a.png', '--ckpt', tmp_path / 'g.pth', '--results_dir', tmp_path / 'file' / 'r', check=False)
     assert p.returncode == 1 and '--results_dir' in p.out
+
+def test_a_new_run_never_replaces_an_earlier_checkpoint_or_a_given_file(tmp_path):
+    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 2, '--out_dir', tmp_path / 'run')
+    before = (tmp_path / 'run' / 'ckpt.pt').read_bytes()
+    torch.save(official_resnet_state_dict(), tmp_path / 'pretrained.pth')
+    pretrained = (tmp_path / 'pretrained.pth').read_bytes()
+    for extra in ([], ['--ckpt', tmp_path / 'pretrained.pth']):
+        p = run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 2, '--out_dir', tmp_path / 'run', *extra, check=False)
+        assert p.returncode == 1 and 'exists; continue that run with --resume' in p.out and 'Traceback' not in p.out
+    assert (tmp_path / 'run' / 'ckpt.pt').read_bytes() == before
+    assert (tmp_path / 'pretrained.pth').read_bytes() == pretrained
+
+def test_max_iters_0_trains_nothing_and_says_so_truly(tmp_path):
+    p = run('pixelgan.py', *TINY_PIXELGAN, '--max_iters', 0, '--out_dir', tmp_path)
+    assert 'done: 0 iterations' in p.out and 'checkpoint' not in p.out.splitlines()[-1]
+    assert not (tmp_path / 'ckpt.pt').exists()
+
+def test_translate_never_writes_over_its_inputs(tmp_path):
+    torch.save(official_resnet_state_dict(), tmp_path / 'g.pth')
+    save_image(str(tmp_path / 'photos' / 'a.png'))
+    before = (tmp_path / 'photos' / 'a.png').read_bytes()
+    p = run('cyclegan.py', '--translate', tmp_path / 'photos', '--ckpt', tmp_path / 'g.pth',
+            '--results_dir', tmp_path / 'photos', check=False)
+    assert p.returncode == 1 and 'would replace the input' in p.out and 'Traceback' not in p.out
+    assert (tmp_path / 'photos' / 'a.png').read_bytes() == before
+
+def test_an_absent_device_is_one_line_naming_the_present_ones():
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    p = run('cyclegan.py', '--device', 'cuda', '--max_iters', 1, check=False)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+        "error: --device cuda: not present on this machine (present: cpu); use --device auto"]
+
+def test_a_failed_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    path = str(tmp_path / 'ckpt.pt')
+    cyclegan.save_checkpoint({'step': 1}, path)
+    def disk_full(obj, f):
+        f.write(b'partial')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(SystemExit, match='could not write .*No space left on device.*unchanged'):
+        cyclegan.save_checkpoint({'step': 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {'step': 1} and os.listdir(tmp_path) == ['ckpt.pt']
+
+def test_resume_under_another_batch_size_continues_after_the_images_seen():
+    args, _ = cyclegan.parse_args(['--batch_size', '2'])
+    ckpt = dict(epoch=3, epoch_iter=10, step=70, world_size=1, rng_cpu=torch.get_rng_state(), args={'batch_size': 1})
+    assert cyclegan.restore_run(ckpt, {}, args, world=1, device=torch.device('cpu')) == (3, 5, 70)
+    assert cyclegan.restore_run({**ckpt, 'world_size': 4}, {}, args, world=2, device=torch.device('cpu')) == (3, 10, 70)
+
+def test_images_come_in_as_a_viewer_shows_them(tmp_path):
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :20] = 255  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # 'rotate 90 degrees clockwise to display'
+    Image.fromarray(arr).save(tmp_path / 'phone.jpg', exif=exif)
+    upright = np.asarray(data.load_image(str(tmp_path / 'phone.jpg')))
+    assert upright.shape == (40, 20, 3) and upright[:20].mean() > 200 and upright[20:].mean() < 50
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp, mode='F').save(tmp_path / 'float.tif')
+    Image.fromarray((ramp * 1000).astype(np.int32), mode='I').save(tmp_path / 'int32.tif')
+    for name, top in (('float.tif', 255), ('int32.tif', round(1000 / 257))):
+        img = np.asarray(data.load_image(str(tmp_path / name)))
+        assert img.min() == 0 and img.max() == top, name  # scaled by the value range, not black or white
+    Image.fromarray((ramp * -5).astype(np.float32), mode='F').save(tmp_path / 'negative.tif')
+    with pytest.raises(data.DataError, match='negative.tif: pixel values from -5 to 0'):
+        data.load_image(str(tmp_path / 'negative.tif'))
+
+def test_an_image_too_small_for_the_crop_is_named_when_met_in_training(tmp_path):
+    save_image(str(tmp_path / 'tiny.png'), size=(10, 10))
+    tf = data.Transform('crop', crop_size=16)
+    with pytest.raises(data.DataError, match='tiny.png: image is 10x10'):
+        tf([data.load_image(str(tmp_path / 'tiny.png'))], __import__('random').Random(0), str(tmp_path / 'tiny.png'))
+
+# -----------------------------------------------------------------------------
+# the scripts as code to read: one model each, and what they share written out identically
+
+MODEL_SPECIFIC = ['get_parser', 'build_generator', 'build_discriminator', 'train_step', 'make_data',
+                  'build_model', 'evaluate', 'save_samples', 'train', 'generator_from_file',
+                  'inference_generator', 'benchmark', 'main']
+
+def definitions(module):
+    """A script's top-level functions and classes, in the order of the file."""
+    tree = ast.parse(inspect.getsource(module))
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+
+def test_what_both_scripts_share_is_the_same_source_in_the_same_order():
+    in_both = [n for n in definitions(cyclegan) if n in definitions(pixelgan)]
+    shared = [n for n in in_both if n not in MODEL_SPECIFIC]
+    assert {'save_checkpoint', 'load_file', 'resume_args', 'setup', 'save_run', 'restore_run', 'psnr', 'ssim',
+            'Log', 'StopRequest', 'translate', 'export_official', 'report_speed', 'ResnetGenerator'} <= set(shared)
+    assert shared == [n for n in definitions(pixelgan) if n in shared]  # the same order in both
+    for name in shared:
+        assert inspect.getsource(getattr(cyclegan, name)) == inspect.getsource(getattr(pixelgan, name)), name
+    for name in MODEL_SPECIFIC:  # the list names real differences only
+        assert inspect.getsource(getattr(cyclegan, name)) != inspect.getsource(getattr(pixelgan, name)), name
+    assert cyclegan.PEAK_BF16 == pixelgan.PEAK_BF16
+
+@pytest.mark.parametrize('script', ['cyclegan.py', 'pixelgan.py', 'data.py'])
+def test_one_statement_per_line_and_lines_of_at_most_100_characters(script):
+    src = open(os.path.join(ROOT, script)).read()
+    assert [i + 1 for i, line in enumerate(src.splitlines()) if len(line) > 100] == []
+    tokens = tokenize.generate_tokens(io.StringIO(src).readline)
+    assert [t.start[0] for t in tokens if t.type == tokenize.OP and t.string == ';'] == []
+    tree = ast.parse(src)
+    side_effects = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, (ast.BoolOp, ast.IfExp))]
+    multi_line_choices = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.IfExp) and n.end_lineno > n.lineno]
+    assert side_effects == [] and multi_line_choices == []
+
+@pytest.mark.parametrize('module', [cyclegan, pixelgan])
+def test_the_training_loop_is_flat(module):
+    """train() defines no inner functions, and its loop (the one that calls train_step) is a flat
+    sequence of phases: at most 60 lines, blocks at most four deep."""
+    fn = ast.parse(inspect.getsource(module.train)).body[0]
+    assert not [n for n in ast.walk(fn) if isinstance(n, (ast.FunctionDef, ast.Lambda)) and n is not fn]
+    loops = [n for n in ast.walk(fn) if isinstance(n, (ast.For, ast.While))
+             and any(isinstance(c, ast.Call) and getattr(c.func, 'id', '') == 'train_step' for c in ast.walk(n))]
+    assert len(loops) == 1 and loops[0].end_lineno - loops[0].lineno + 1 <= 60
+    def depth(node):
+        blocks = (ast.For, ast.While, ast.If, ast.With, ast.Try)
+        inner = [depth(c) for c in ast.iter_child_nodes(node)]
+        return max(inner, default=0) + isinstance(node, blocks)
+    assert depth(fn) <= 4
+
+@pytest.mark.parametrize('script, flags, says', [
+    (cyclegan, ['--batch_size', '0'], '--batch_size 0: must be at least 1'),
+    (cyclegan, ['--crop_size', '0'], '--crop_size 0: must be at least 1'),
+    (cyclegan, ['--lr', '-1'], '--lr -1.0: must be above 0'),
+    (pixelgan, ['--beta1', '2'], '--beta1 2.0: must be at least 0 and below 1'),
+    (cyclegan, ['--pool_size', '-1'], '--pool_size -1: must be at least 0'),
+    (pixelgan, ['--ngf', '0'], '--ngf 0: must be at least 1'),
+    (cyclegan, ['--num_threads', '-1'], '--num_threads -1: must be at least 0'),
+    (pixelgan, ['--print_freq', '0'], '--print_freq 0: must be at least 1'),
+    (cyclegan, ['--save_latest_freq', '0'], '--save_latest_freq 0: must be at least 1'),
+    (pixelgan, ['--eval_freq', '0'], '--eval_freq 0: must be at least 1'),
+    (pixelgan, ['--lambda_L1', '-5'], '--lambda_L1 -5.0: must be at least 0'),
+    (cyclegan, ['--max_iters', '-1'], '--max_iters -1: must be at least 0'),
+])
+def test_every_numeric_flag_is_checked_before_any_work(script, flags, says):
+    with pytest.raises(SystemExit, match=f'^error: {says}$'):
+        script.parse_args(flags)
+
+def test_a_wrong_choice_is_one_line():
+    p = run('cyclegan.py', '--netG', 'resnet_99blocks', check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and 'resnet_6blocks' in lines[0]
+    assert lines[0].startswith("error: argument --netG: invalid choice: 'resnet_99blocks'")
+
+# -----------------------------------------------------------------------------
+# the catalogue of mistakes: each is one line naming what to do, and no file is lost
+
+def make_catalogue_files(tmp):
+    """An earlier run, a pretrained file, an input image, and broken weight files."""
+    (tmp / 'run').mkdir()
+    torch.save({'step': 4000}, tmp / 'run' / 'ckpt.pt')
+    torch.save(official_resnet_state_dict(), tmp / 'pretrained.pth')
+    save_image(str(tmp / 'photos' / 'a.png'))
+    (tmp / 'empty.pt').write_bytes(b'')
+    torch.save(official_resnet_state_dict(), tmp / 'truncated.pt')
+    (tmp / 'truncated.pt').write_bytes((tmp / 'truncated.pt').read_bytes()[:500])
+    torch.save({'script': 'cyclegan', 'G_A': {}}, tmp / 'no_args.pt')
+    sd = official_resnet_state_dict()
+    del sd['model.23.weight']
+    sd['model.99.weight'] = torch.zeros(1, 1, 1, 1)
+    torch.save(sd, tmp / 'wrong_keys.pth')
+
+CATALOGUE = [  # (script, command line, what the one line says, files that must stay as they were)
+    ('cyclegan', '--out_dir {t}/run', '{t}/run/ckpt.pt exists; continue that run with --resume', ['run/ckpt.pt']),
+    ('cyclegan', '--ckpt {t}/pretrained.pth', 'pretrained.pth exists; continue', ['pretrained.pth']),
+    ('cyclegan', '--translate {t}/photos --ckpt {t}/pretrained.pth --results_dir {t}/photos',
+     'the output would replace the input', ['photos/a.png']),
+    ('cyclegan', '--translate {t}/photos --ckpt {t}/empty.pt', 'empty.pt: not a loadable weights file', []),
+    ('pixelgan', '--translate {t}/photos --ckpt {t}/truncated.pt', 'truncated.pt: not a loadable weights file', []),
+    ('cyclegan', '--resume --ckpt {t}/no_args.pt', 'no_args.pt: a cyclegan.py checkpoint without args', ['no_args.pt']),
+    ('cyclegan', '--translate {t}/photos --ckpt {t}/wrong_keys.pth',
+     'wrong_keys.pth: not the weights of this ResnetGenerator (missing: model.23.weight; unexpected: model.99.weight)', []),
+    ('pixelgan', '--resume --ckpt {t}/run/ckpt.pt', 'run/ckpt.pt is not a pixelgan.py checkpoint', ['run/ckpt.pt']),
+    ('cyclegan', '--preprocess none --batch_size 2', "--preprocess none keeps each image's own size", []),
+    ('pixelgan', '--preprocess scale_width', 'gives images of any size; --netG unet_128 needs a crop', []),
+    ('cyclegan', '--crop_size 30', '--crop_size 30 must be a multiple of 4', []),
+]
+
+@pytest.mark.parametrize('script, command, says, unchanged', CATALOGUE)
+def test_every_mistake_is_one_line_and_loses_nothing(tmp_path, script, command, says, unchanged):
+    import signal
+    make_catalogue_files(tmp_path)
+    before = {f: (tmp_path / f).read_bytes() for f in unchanged}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv = command.format(t=tmp_path).split() + ['--out_dir', str(tmp_path / 'new'), '--num_threads', '0']
+    if '--out_dir' in command:
+        argv = command.format(t=tmp_path).split()
+    try:
+        with pytest.raises(SystemExit) as e:
+            {'cyclegan': cyclegan, 'pixelgan': pixelgan}[script].main(argv)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    message = str(e.value.code)
+    assert message.startswith('error: ') and '\n' not in message
+    assert says.format(t=tmp_path) in message
+    assert {f: (tmp_path / f).read_bytes() for f in unchanged} == before
+
+def test_scale_width_gives_sides_the_networks_take():
+    img = Image.new('RGB', (50, 37))
+    out, = data.Transform('scale_width', load_size=30, crop_size=30)([img], __import__('random').Random(0))
+    assert out.shape == (3, 24, 32)  # 30 wide -> 32, and 37 * 30 / 50 = 22.2 high -> 24
+
+def test_translate_takes_images_of_any_size_even_tiny_ones(tmp_path):
+    torch.save(official_resnet_state_dict(), tmp_path / 'g.pth')
+    for size in ((1, 1), (5, 3), (37, 23)):
+        save_image(str(tmp_path / 'in' / f'{size[0]}x{size[1]}.png'), size=size)
+    cyclegan.main(['--translate', str(tmp_path / 'in'), '--ckpt', str(tmp_path / 'g.pth'), '--results_dir', str(tmp_path / 'out')])
+    for size in ((1, 1), (5, 3), (37, 23)):
+        assert Image.open(tmp_path / 'out' / f'{size[0]}x{size[1]}.png').size == size
+
+def test_held_out_images_of_one_domain_only_still_train(tmp_path):
+    make_unpaired(tmp_path / 'data')
+    import shutil
+    shutil.rmtree(tmp_path / 'data' / 'testB')
+    train_in_process(cyclegan, '--dataroot', tmp_path / 'data', *TINY_CYCLEGAN, '--load_size', 36, '--max_iters', 2,
+                     '--out_dir', tmp_path / 'o')
+    assert (tmp_path / 'o' / 'samples_0000002.png').exists()
