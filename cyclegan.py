@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.flop_counter
 import torchvision
+from PIL import Image
 import data
 
 # -----------------------------------------------------------------------------
@@ -39,6 +40,8 @@ def get_parser():
     a('--netD', default='basic', choices=['basic', 'n_layers', 'pixel'],
       help='basic = 70x70 PatchGAN, pixel = 1x1')
     a('--n_layers_D', type=int, default=3, help='depth of the n_layers discriminator')
+    a('--input_nc', type=int, default=3, choices=[1, 3], help='channels of domain A: 1 gray, 3 RGB')
+    a('--output_nc', type=int, default=3, choices=[1, 3], help='channels of domain B')
     a('--ngf', type=int, default=64, help='generator width (filters in the first conv)')
     a('--ndf', type=int, default=64, help='discriminator width')
     a('--norm', default='instance', choices=['instance', 'batch', 'syncbatch', 'none'])
@@ -80,6 +83,8 @@ def get_parser():
     a('--translate', default=None, metavar='PATH',
       help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/cyclegan', help='new: where --translate writes')
+    a('--test_train_mode', action='store_true',
+      help='new: --translate with batch statistics (and dropout) on, as the official test does')
     a('--export_official', default=None, metavar='DIR',
       help='new: write --ckpt as the official latest_net_*.pth files')
     a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
@@ -99,7 +104,7 @@ SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=32, ndf=32, crop_size=64, loa
 SYNTHETIC_TASK = 'the built-in synthetic task (plain -> zebra-striped animals)'
 SCRIPT = 'cyclegan'
 NETWORKS = ['G_A', 'G_B', 'D_A', 'D_B']  # their names in the checkpoint and the official files
-ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm']  # these must match to resume
+ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'input_nc', 'output_nc']
 FLAG_MINIMUM = dict(n_layers_D=1, ngf=1, ndf=1, batch_size=1, load_size=1, crop_size=1,
                     max_dataset_size=1, print_freq=1, display_freq=1, save_latest_freq=1,
                     eval_freq=1, lambda_A=0, lambda_B=0, lambda_identity=0, pool_size=0,
@@ -243,18 +248,18 @@ def init_weights(net, init_type='normal', gain=0.02):
             nn.init.zeros_(m.bias)
     return net
 
-def build_generator(args):
+def build_generator(args, in_nc, out_nc):
     n_blocks = 9 if args.netG == 'resnet_9blocks' else 6
-    G = ResnetGenerator(3, 3, args.ngf, args.norm, n_blocks)
+    G = ResnetGenerator(in_nc, out_nc, args.ngf, args.norm, n_blocks)
     return init_weights(G, args.init_type, args.init_gain)
 
-def build_discriminator(args):
-    """Unconditional: it sees one image of its domain (3 channels)."""
+def build_discriminator(args, in_nc):
+    """Unconditional: it sees one image of its domain (in_nc channels)."""
     if args.netD == 'pixel':
-        D = PixelDiscriminator(3, args.ndf, args.norm)
+        D = PixelDiscriminator(in_nc, args.ndf, args.norm)
     else:
         n_layers = 3 if args.netD == 'basic' else args.n_layers_D
-        D = NLayerDiscriminator(3, args.ndf, n_layers, args.norm)
+        D = NLayerDiscriminator(in_nc, args.ndf, n_layers, args.norm)
     return init_weights(D, args.init_type, args.init_gain)
 
 # -----------------------------------------------------------------------------
@@ -311,6 +316,13 @@ class ImagePool:
     def load_state_dict(self, images):
         self.images = list(images)
 
+def identity_loss(idt, real, weight):
+    """The identity loss (section 5.2): G_A(b) should leave an image b of domain B as it is, which
+    keeps the colours of photos painted from paintings. Zero where it is off (idt None)."""
+    if idt is None:
+        return torch.zeros((), device=real.device)
+    return weight * F.l1_loss(idt.float(), real)
+
 def lr_factor(epoch, n_epochs, n_epochs_decay):
     """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay
     (the official rule)."""
@@ -329,11 +341,13 @@ class Generators(nn.Module):
 
     def forward(self, real, other, a_to_b):
         """One cycle (the paper's Fig. 3). a_to_b: fake = G_A(real), rec = G_B(fake) and the
-        identity image G_A(other); else the same with G_A and G_B swapped. Instance norm keeps
-        statistics per sample, so real and other can share one call exactly; batch norm would mix
-        them, so then each has its own call."""
+        identity image G_A(other) (None without other); else the same with G_A and G_B swapped.
+        Instance norm keeps statistics per sample, so real and other can share one call exactly;
+        batch norm would mix them, so then each has its own call."""
         there, back = (self.G_A, self.G_B) if a_to_b else (self.G_B, self.G_A)
-        if self.batch_calls and real.shape == other.shape:  # scale_width: sizes can differ
+        if other is None:
+            fake, idt = there(real), None
+        elif self.batch_calls and real.shape == other.shape:  # scale_width: sizes can differ
             fake, idt = there(torch.cat([real, other])).chunk(2)
         else:
             fake = there(real)
@@ -375,6 +389,7 @@ def train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocas
     discriminator step. Returns the losses, named as in the official code."""
     D_A, D_B = unwrap(D).D_A, unwrap(D).D_B
     lambda_idt = args.lambda_identity
+    identity = lambda_idt > 0  # G_A(B) takes B: only where A and B have as many channels
     # generator step, the discriminators frozen. The objective is a sum over the two cycles, so
     # each cycle gets its own backward: the same gradients, with one cycle's activations in memory
     # instead of two (measured: 23% less peak memory at 256 px)
@@ -385,18 +400,17 @@ def train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocas
     with sync_later:
         with autocast:
             # the forward cycle A -> B -> A; idt_A = G_A(B) should leave B as it is
-            fake_B, rec_A, idt_A = G(real_A, real_B, a_to_b=True)
+            fake_B, rec_A, idt_A = G(real_A, real_B if identity else None, a_to_b=True)
             loss_G_A = gan_loss(D_A(fake_B), True, args.gan_mode)  # Eq. 1: G_A fools D_A
             loss_cycle_A = args.lambda_A * F.l1_loss(rec_A.float(), real_A)  # Eq. 2
-            # the identity loss (section 5.2): keeps the colours of photos painted by G
-            loss_idt_A = lambda_idt * args.lambda_B * F.l1_loss(idt_A.float(), real_B)
+            loss_idt_A = identity_loss(idt_A, real_B, lambda_idt * args.lambda_B)
         scaler.scale(loss_G_A + loss_cycle_A + loss_idt_A).backward()
     with autocast:
         # the backward cycle B -> A -> B; idt_B = G_B(A) should leave A as it is
-        fake_A, rec_B, idt_B = G(real_B, real_A, a_to_b=False)
+        fake_A, rec_B, idt_B = G(real_B, real_A if identity else None, a_to_b=False)
         loss_G_B = gan_loss(D_B(fake_A), True, args.gan_mode)  # Eq. 1: G_B fools D_B
         loss_cycle_B = args.lambda_B * F.l1_loss(rec_B.float(), real_B)  # Eq. 2
-        loss_idt_B = lambda_idt * args.lambda_A * F.l1_loss(idt_B.float(), real_A)
+        loss_idt_B = identity_loss(idt_B, real_A, lambda_idt * args.lambda_A)
     scaler.scale(loss_G_B + loss_cycle_B + loss_idt_B).backward()
     scaler.step(opt_G)
     # discriminator step, on a history of generated images rather than only the latest ones
@@ -548,7 +562,7 @@ def resume_args(args, given, path):
     """The checkpoint's args with the flags given now on top; architecture flags must not change.
     --max_iters holds only if given again."""
     ckpt = load_checkpoint(path)
-    saved = ckpt['args']
+    saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in ARCH_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
@@ -558,18 +572,22 @@ def resume_args(args, given, path):
 def make_data(args, rank, world):
     """The training loader, and held-out images with the evaluation transform: a loader with
     ground truth (the synthetic task only) and four fixed samples for the grids."""
+    channels = (args.input_nc, args.output_nc)  # of the dataset's A and B
+    if args.direction == 'BtoA':
+        channels = (args.output_nc, args.input_nc)
     if args.dataroot is None:
-        train_set = data.Synthetic(args.crop_size, paired=False)
-        test_set = data.Synthetic(args.crop_size, paired=False, train=False)
+        train_set = data.Synthetic(args.crop_size, paired=False, channels=channels)
+        test_set = data.Synthetic(args.crop_size, paired=False, train=False, channels=channels)
     else:
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
         train_set = data.UnpairedFolders(args.dataroot, 'train', tf, args.serial_batches,
-                                         args.max_dataset_size, args.seed)
+                                         args.max_dataset_size, args.seed, channels)
         phase = 'train'  # the grids show held-out images where both domains have some
         if all(os.path.isdir(os.path.join(args.dataroot, 'test' + d)) for d in 'AB'):
             phase = 'test'
         test_tf = data.Transform('resize_and_crop', crop_size=args.crop_size, train=False)
-        test_set = data.UnpairedFolders(args.dataroot, phase, test_tf, serial=True, max_size=4)
+        test_set = data.UnpairedFolders(args.dataroot, phase, test_tf, serial=True, max_size=4,
+                                        channels=channels)
     sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
     loader = torch.utils.data.DataLoader(
         train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
@@ -583,8 +601,10 @@ def make_data(args, rank, world):
 
 def build_model(args, device):
     """The four networks by name, the two modules the training step runs, and their optimizers."""
-    G_A, G_B = build_generator(args), build_generator(args)
-    D_A, D_B = build_discriminator(args), build_discriminator(args)
+    G_A = build_generator(args, args.input_nc, args.output_nc)
+    G_B = build_generator(args, args.output_nc, args.input_nc)
+    D_A = build_discriminator(args, args.output_nc)  # D_A judges domain B
+    D_B = build_discriminator(args, args.input_nc)
     batch_calls = args.norm in ('instance', 'none')
     G = Generators(G_A, G_B, batch_calls).to(device)
     D = Discriminators(D_A, D_B, batch_calls, args.gan_mode).to(device)
@@ -664,8 +684,9 @@ def evaluate(G_A, G_B, loader, device, a='A', b='B'):
         A, B = batch[a].to(device), batch[b].to(device)
         fake_B, fake_A = G_A(A).float(), G_B(B).float()
         scores = dict(psnr_AtoB=psnr(fake_B, B), psnr_BtoA=psnr(fake_A, A),
-                      psnr_identity=psnr(A, B), ssim_AtoB=ssim(fake_B, B),
-                      ssim_BtoA=ssim(fake_A, A), ssim_identity=ssim(A, B))
+                      ssim_AtoB=ssim(fake_B, B), ssim_BtoA=ssim(fake_A, A))
+        if A.shape == B.shape:  # the identity baseline needs the same channels
+            scores.update(psnr_identity=psnr(A, B), ssim_identity=ssim(A, B))
         for name, v in scores.items():
             sums[name] = sums.get(name, 0) + v.sum().item()
         n += len(A)
@@ -682,8 +703,8 @@ def save_samples(G_A, G_B, A, B, path):
     rows = [A, fake_B, G_B(fake_B), B, fake_A, G_A(fake_A)]
     G_A.train()
     G_B.train()
-    grid = torch.stack([r[i].float() for i in range(len(A)) for r in rows])
-    torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3, padding=2)
+    grid = torch.stack([r[i].float().expand(3, -1, -1) for i in range(len(A)) for r in rows])
+    torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3, padding=2)  # gray: as RGB
 
 def describe_task(args):
     if args.dataroot is not None:
@@ -763,6 +784,9 @@ def train(args, given):
     if args.crop_size % 4:
         sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of 4 for the ResNet "
                  f"generator")
+    if args.lambda_identity > 0 and args.input_nc != args.output_nc:
+        sys.exit("error: --lambda_identity needs --input_nc = --output_nc (G_A(B) takes B); "
+                 "give --lambda_identity 0")
     ddp, rank, world, device, autocast, scaler = setup(args)
     master = rank == 0  # only rank 0 prints, evaluates and writes
     log = None
@@ -881,9 +905,18 @@ def train(args, given):
 # -----------------------------------------------------------------------------
 # inference and export
 
+def official_norm(sd, first_conv):
+    """The norm an official file was trained with: batch norm keeps weights of its own; else the
+    convolutions carry a bias only with instance norm (the official rule), none with 'none'."""
+    if any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items()):
+        return 'batch'
+    if first_conv + '.bias' in sd:
+        return 'instance'
+    return 'none'
+
 def generator_from_file(path, direction='AtoB'):
     """A generator from our checkpoint or from an official .pth state_dict (architecture inferred
-    from its keys and shapes: residual blocks, width, batch or instance norm, dropout)."""
+    from its keys and shapes: residual blocks, width, channels, norm, dropout)."""
     obj = load_file(path)
     if isinstance(obj, dict) and 'script' in obj:
         if obj['script'] != SCRIPT:
@@ -891,9 +924,12 @@ def generator_from_file(path, direction='AtoB'):
                      f"--translate")
         args = argparse.Namespace(**load_checkpoint(path, obj)['args'])
         n_blocks = 9 if args.netG == 'resnet_9blocks' else 6
-        G = ResnetGenerator(3, 3, args.ngf, args.norm, n_blocks)
-        trained = 'G_A' if direction == args.direction else 'G_B'  # G_A learnt the trained one
-        return load_weights(G, obj[trained], path)
+        a_nc, b_nc = vars(args).get('input_nc', 3), vars(args).get('output_nc', 3)
+        if direction == args.direction:  # G_A learnt the direction trained
+            return load_weights(ResnetGenerator(a_nc, b_nc, args.ngf, args.norm, n_blocks),
+                                obj['G_A'], path)
+        return load_weights(ResnetGenerator(b_nc, a_nc, args.ngf, args.norm, n_blocks),
+                            obj['G_B'], path)
     sd = {}
     if isinstance(obj, dict):
         sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()}
@@ -905,18 +941,18 @@ def generator_from_file(path, direction='AtoB'):
         if 'model.model.0.weight' in sd:
             kind = 'a U-Net generator (pix2pix); use pixelgan.py'
         sys.exit(f"error: {path}: {kind}; cyclegan.py --translate needs a ResNet generator")
-    batch = any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items())  # affine norms
     n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
     dropout = getattr(sd.get('model.10.conv_block.6.weight'), 'ndim', 0) == 4  # a conv there
-    G = ResnetGenerator(w.shape[1], 3, w.shape[0], 'batch' if batch else 'instance', n_blocks,
+    out_nc = getattr(sd.get(f"model.{n_blocks + 17}.weight"), 'shape', [3])[0]  # the last conv
+    G = ResnetGenerator(w.shape[1], out_nc, w.shape[0], official_norm(sd, 'model.1'), n_blocks,
                         dropout)
     return load_weights(G, sd, path)
 
 def inference_generator(args):
-    """What --translate runs: the generator of --direction, in eval mode, and the multiple its
-    input sides must have."""
+    """What --translate runs: the generator of --direction, in eval mode (in train mode with
+    --test_train_mode), and the multiple its input sides must have."""
     G = generator_from_file(checkpoint_path(args), args.direction)
-    return G.eval(), 4
+    return G.train(args.test_train_mode), 4
 
 def run_generator(G, x, multiple):
     """G on an image of any size: padded to a multiple, and to at least 8 pixels (the ResNet's
@@ -929,6 +965,15 @@ def run_generator(G, x, multiple):
     mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
     return G(F.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
 
+def save_png(y, path):
+    """y in [-1, 1], 1 x C x H x W: an 8-bit RGB PNG, or for one channel a 16-bit grayscale PNG,
+    which keeps the output's precision."""
+    y = (y[0].float().cpu() * 0.5 + 0.5).clamp(0, 1)
+    if len(y) == 1:
+        Image.fromarray((y[0] * 65535).round().numpy().astype('uint16')).save(path)
+    else:
+        torchvision.utils.save_image(y, path)
+
 @torch.no_grad()
 def translate(args):
     """--translate: each image under the path, at its own size, through the generator; a PNG per
@@ -936,6 +981,10 @@ def translate(args):
     device = pick_device(args.device)
     G, multiple = inference_generator(args)
     G.to(device)
+    channels = next(p for p in G.parameters() if p.ndim == 4).shape[1]  # the first conv's
+    if channels not in (1, 3):
+        sys.exit(f"error: {checkpoint_path(args)}: a generator of {channels}-channel images; "
+                 f"--translate reads images as 1 (grayscale) or 3 (RGB) channels")
     paths, base = [args.translate], os.path.dirname(args.translate)
     if not os.path.isfile(args.translate):
         paths, base = data.find_images(args.translate), args.translate
@@ -949,10 +998,10 @@ def translate(args):
     check_writable(args.results_dir, '--results_dir')
     rows = []
     for path, out in zip(paths, outs):
-        x = torchvision.transforms.functional.to_tensor(data.load_image(path))
+        x = torchvision.transforms.functional.to_tensor(data.load_image(path, channels))
         y = run_generator(G, x[None].to(device) * 2 - 1, multiple)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        torchvision.utils.save_image(y * 0.5 + 0.5, out)
+        save_png(y, out)
         src = os.path.relpath(os.path.abspath(path), os.path.abspath(args.results_dir))
         dst = os.path.relpath(os.path.abspath(out), os.path.abspath(args.results_dir))
         rows.append(f"<tr><td>{src}</td><td><img src='{src}'></td><td><img src='{dst}'></td></tr>")
@@ -976,8 +1025,9 @@ def export_official(args):
 
 PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense, for MFU
 
-def random_images(args, device):
-    return torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1
+def random_images(args, channels, device):
+    size = (args.batch_size, channels, args.crop_size, args.crop_size)
+    return torch.rand(size, device=device) * 2 - 1
 
 def report_speed(step_fn, args, device, n_images, flops):
     """Times step_fn after three warm-up steps: the median over --max_iters steps (default 10),
@@ -1013,7 +1063,9 @@ def benchmark(args):
     nets, G, D, opt_G, opt_D = build_model(args, device)
     pool_A, pool_B = ImagePool(args.pool_size), ImagePool(args.pool_size)
     G, D = distribute(G, D, args, ddp, device)
-    batch = (random_images(args, device), random_images(args, device), args, autocast, scaler)
+    real_A = random_images(args, args.input_nc, device)
+    real_B = random_images(args, args.output_nc, device)
+    batch = (real_A, real_B, args, autocast, scaler)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         train_step(G, D, opt_G, opt_D, pool_A, pool_B, *batch)
     if args.compile:

@@ -31,21 +31,22 @@ def find_images(folder):
         raise DataError(f"{folder}: no images ({', '.join(IMG_EXTENSIONS)}) in this folder")
     return sorted(paths)
 
-def to_8bit(img, path):
-    """16-bit, 32-bit integer and float images, scaled by the range their values lie in:
-    [0, 1] (float only), [0, 255] or [0, 65535]."""
+def unit_range(img, path):
+    """A 16-bit, 32-bit integer or float image as floats in [0, 1], scaled by the range its values
+    lie in: [0, 1] (float only), [0, 255] or [0, 65535]."""
     values = np.asarray(img, dtype=np.float64)
     tops = (1.0, 255.0, 65535.0) if img.mode == 'F' else (255.0, 65535.0)
     for top in tops:
         if values.min() >= 0 and values.max() <= top:
-            return Image.fromarray((values * (255.0 / top)).round().astype(np.uint8))
+            return values / top
     low, high = values.min() + 0.0, values.max() + 0.0  # (+ 0.0: no '-0')
     raise DataError(f"{path}: pixel values from {low:g} to {high:g}, outside 0..65535; convert "
                     f"the image to 8 or 16 bits")
 
-def load_image(path):
-    """Decode any supported file into 8-bit RGB, upright as a viewer shows it (EXIF orientation):
-    grayscale, palette, RGBA, CMYK, 16-bit, 32-bit and float too."""
+def load_image(path, channels=3):
+    """Decode any supported file, upright as a viewer shows it (EXIF orientation): 8-bit RGB for
+    channels=3; for channels=1, 8-bit grayscale, or floats in [0, 1] from 16-bit, 32-bit and float
+    images, which keeps their precision. Palette, RGBA and CMYK files are converted too."""
     try:
         img = Image.open(path)
         img.load()  # decode now, so a truncated file fails here and not deep inside a transform
@@ -53,9 +54,14 @@ def load_image(path):
     except Exception as e:
         raise DataError(f"{path}: cannot read image ({e}); fix or remove the file") from None
     if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-        img = to_8bit(img, path)
+        values = unit_range(img, path)
+        if channels == 1:
+            return Image.fromarray(values.astype(np.float32), mode='F')
+        img = Image.fromarray((values * 255).round().astype(np.uint8))
     if img.mode in ('P', 'PA', 'LA'):
         img = img.convert('RGBA')  # palette transparency would otherwise warn
+    if channels == 1:
+        return img.convert('L')
     return img.convert('RGB')  # RGBA loses its alpha; CMYK and L are converted
 
 def upright_size(img):
@@ -128,7 +134,8 @@ class Transform:
             imgs = [im.resize(size, Image.BICUBIC) for im in imgs]
         if self.train and self.flip and rng.random() < 0.5:
             imgs = [TF.hflip(im) for im in imgs]
-        return [TF.normalize(TF.to_tensor(im), [0.5] * 3, [0.5] * 3) for im in imgs]
+        tensors = [TF.to_tensor(im) for im in imgs]  # 8-bit: / 255; float ('F'): as it is
+        return [TF.normalize(t, [0.5] * len(t), [0.5] * len(t)) for t in tensors]
 
 # -----------------------------------------------------------------------------
 # datasets. Every random choice of an item comes from an RNG seeded by (seed, epoch, index), so
@@ -137,7 +144,8 @@ class Transform:
 class UnpairedFolders(torch.utils.data.Dataset):
     """<root>/<phase>A and <root>/<phase>B. An epoch is max(|A|, |B|) items; A in order, B at
     random (in order too with serial)."""
-    def __init__(self, root, phase, transform, serial=False, max_size=None, seed=0):
+    def __init__(self, root, phase, transform, serial=False, max_size=None, seed=0,
+                 channels=(3, 3)):
         self.A = find_images(os.path.join(root, phase + 'A'))[:max_size]
         self.B = find_images(os.path.join(root, phase + 'B'))[:max_size]
         check_images(self.A, transform)
@@ -145,6 +153,7 @@ class UnpairedFolders(torch.utils.data.Dataset):
         self.transform = transform
         self.serial = serial
         self.seed = seed
+        self.channels = channels  # of A and of B: 1 (grayscale) or 3 (RGB)
         self.epoch = 0
 
     def __len__(self):
@@ -154,15 +163,16 @@ class UnpairedFolders(torch.utils.data.Dataset):
         rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
         b = i % len(self.B) if self.serial else rng.randrange(len(self.B))
         path_A, path_B = self.A[i % len(self.A)], self.B[b]
-        A = self.transform([load_image(path_A)], rng, path_A)[0]
-        B = self.transform([load_image(path_B)], rng, path_B)[0]
+        A = self.transform([load_image(path_A, self.channels[0])], rng, path_A)[0]
+        B = self.transform([load_image(path_B, self.channels[1])], rng, path_B)[0]
         return {'A': A, 'B': B}
 
 class PairedFolders(torch.utils.data.Dataset):
     """Aligned pairs: side-by-side files <root>/<phase>/x.jpg (A left, B right), or two folders
     <root>/A/<phase>/x.png and <root>/B/<phase>/x.png matched by name. Same crop and flip for
     both."""
-    def __init__(self, root, phase, transform, direction='AtoB', max_size=None, seed=0):
+    def __init__(self, root, phase, transform, direction='AtoB', max_size=None, seed=0,
+                 channels=(3, 3)):
         dirA, dirB = os.path.join(root, 'A', phase), os.path.join(root, 'B', phase)
         self.side_by_side = not os.path.isdir(dirA)
         if self.side_by_side:
@@ -182,18 +192,26 @@ class PairedFolders(torch.utils.data.Dataset):
         self.transform = transform
         self.swap = direction == 'BtoA'
         self.seed = seed
+        self.channels = channels  # of the input and of the target (after the swap)
         self.epoch = 0
 
     def __len__(self):
         return len(self.A)
 
     def __getitem__(self, i):
+        nc_a, nc_b = self.channels  # of the files' A and B
+        if self.swap:
+            nc_a, nc_b = nc_b, nc_a
         if self.side_by_side:  # an odd width loses its last column: both halves the same size
-            ab = load_image(self.A[i])
+            ab = load_image(self.A[i], max(nc_a, nc_b))
             w, h = ab.size
             a, b = ab.crop((0, 0, w // 2, h)), ab.crop((w // 2, 0, w // 2 * 2, h))
+            if nc_a < nc_b:  # a grayscale half beside a colour one
+                a = a.convert('L')
+            if nc_b < nc_a:
+                b = b.convert('L')
         else:
-            a, b = load_image(self.A[i]), load_image(self.B[i])
+            a, b = load_image(self.A[i], nc_a), load_image(self.B[i], nc_b)
         rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
         A, B = self.transform([a, b], rng, self.A[i])
         if self.swap:
@@ -265,12 +283,13 @@ class Synthetic(torch.utils.data.Dataset):
     between the domains, each test scene comes in both styles, so G_A(A) can be scored against the
     true B. paired=True, 'restore': A = a degraded scene, B = the clean one. Seeds 0.. train,
     10**6.. test."""
-    def __init__(self, size, paired, train=True, direction='AtoB'):
+    def __init__(self, size, paired, train=True, direction='AtoB', channels=(3, 3)):
         self.size = size
         self.paired = paired
         self.train = train
         self.n = 1000 if train else 64
         self.swap = direction == 'BtoA'
+        self.channels = channels  # of A and of B: 3, or 1 for the scenes in grayscale
 
     def __len__(self):
         return self.n
@@ -279,12 +298,17 @@ class Synthetic(torch.utils.data.Dataset):
         seed = i if self.train else 10**6 + i
         if self.paired:
             clean = render_scene(seed, self.size, striped=seed % 2 == 1)
+            A, B = degrade(clean, seed), clean
             if self.swap:
-                return {'A': clean, 'B': degrade(clean, seed)}
-            return {'A': degrade(clean, seed), 'B': clean}
-        seed_B = seed + 10**5 if self.train else seed  # training: an unrelated scene
-        A = render_scene(seed, self.size, False)
-        B = render_scene(seed_B, self.size, True)
+                A, B = B, A
+        else:
+            seed_B = seed + 10**5 if self.train else seed  # training: an unrelated scene
+            A = render_scene(seed, self.size, False)
+            B = render_scene(seed_B, self.size, True)
+        if self.channels[0] == 1:
+            A = A.mean(0, keepdim=True)
+        if self.channels[1] == 1:
+            B = B.mean(0, keepdim=True)
         return {'A': A, 'B': B}
 
 # -----------------------------------------------------------------------------

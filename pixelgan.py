@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.flop_counter
 import torchvision
+from PIL import Image
 import data
 
 # -----------------------------------------------------------------------------
@@ -42,6 +43,8 @@ def get_parser():
       help='pixel = 1x1 PixelGAN (measured best here, see README), basic = 70x70 PatchGAN')
     a('--n_layers_D', type=int, default=3,
       help='depth of the n_layers discriminator (1: 16x16 patches)')
+    a('--input_nc', type=int, default=3, choices=[1, 3], help='input channels: 1 gray, 3 RGB')
+    a('--output_nc', type=int, default=3, choices=[1, 3], help='output (target) channels')
     a('--ngf', type=int, default=64, help='generator width (filters in the first conv)')
     a('--ndf', type=int, default=64, help='discriminator width')
     a('--norm', default='batch', choices=['batch', 'syncbatch', 'instance', 'none'])
@@ -102,7 +105,8 @@ SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_siz
 SYNTHETIC_TASK = 'the built-in synthetic task (restore degraded images)'
 SCRIPT = 'pixelgan'
 NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
-ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout']  # must match
+ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout', 'input_nc',
+              'output_nc']  # these must match to resume
 EVAL_FLAGS = ['direction', 'preprocess', 'load_size', 'crop_size']  # --eval_only: from the ckpt
 FLAG_MINIMUM = dict(n_layers_D=1, ngf=1, ndf=1, batch_size=1, load_size=1, crop_size=1,
                     max_dataset_size=1, print_freq=1, display_freq=1, save_latest_freq=1,
@@ -292,22 +296,25 @@ def init_weights(net, init_type='normal', gain=0.02):
             nn.init.zeros_(m.bias)
     return net
 
-def make_generator(netG, ngf, norm, dropout):
+def make_generator(netG, in_nc, out_nc, ngf, norm, dropout):
     if netG.startswith('unet'):
-        return UnetGenerator(3, 3, 8 if netG == 'unet_256' else 7, ngf, norm, dropout)
-    return ResnetGenerator(3, 3, ngf, norm, 9 if netG == 'resnet_9blocks' else 6, dropout)
+        return UnetGenerator(in_nc, out_nc, 8 if netG == 'unet_256' else 7, ngf, norm, dropout)
+    n_blocks = 9 if netG == 'resnet_9blocks' else 6
+    return ResnetGenerator(in_nc, out_nc, ngf, norm, n_blocks, dropout)
 
 def build_generator(args):
-    G = make_generator(args.netG, args.ngf, args.norm, not args.no_dropout)
+    G = make_generator(args.netG, args.input_nc, args.output_nc, args.ngf, args.norm,
+                       not args.no_dropout)
     return init_weights(G, args.init_type, args.init_gain)
 
 def build_discriminator(args):
-    """Conditional: it sees input and output concatenated along channels (3 + 3)."""
+    """Conditional: it sees input and output concatenated along channels."""
+    in_nc = args.input_nc + args.output_nc
     if args.netD == 'pixel':
-        D = PixelDiscriminator(6, args.ndf, args.norm)
+        D = PixelDiscriminator(in_nc, args.ndf, args.norm)
     else:
         n_layers = 3 if args.netD == 'basic' else args.n_layers_D
-        D = NLayerDiscriminator(6, args.ndf, n_layers, args.norm)
+        D = NLayerDiscriminator(in_nc, args.ndf, n_layers, args.norm)
     return init_weights(D, args.init_type, args.init_gain)
 
 def size_multiple(netG):
@@ -534,7 +541,7 @@ def resume_args(args, given, path):
     """The checkpoint's args with the flags given now on top; architecture flags must not change.
     --max_iters holds only if given again."""
     ckpt = load_checkpoint(path)
-    saved = ckpt['args']
+    saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in ARCH_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
@@ -544,24 +551,28 @@ def resume_args(args, given, path):
 def make_test_set(args):
     """Held-out pairs with the evaluation transform: <root>/test, else <root>/val (or A/test,
     A/val); None if the dataroot has neither."""
+    channels = (args.input_nc, args.output_nc)
     if args.dataroot is None:
-        return data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction)
+        return data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction,
+                              channels=channels)
     for phase in ('test', 'val'):
         folders = [os.path.join(args.dataroot, phase), os.path.join(args.dataroot, 'A', phase)]
         if any(os.path.isdir(f) for f in folders):
             tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
-            return data.PairedFolders(args.dataroot, phase, tf, args.direction)
+            return data.PairedFolders(args.dataroot, phase, tf, args.direction, channels=channels)
     return None
 
 def make_data(args, rank, world):
     """The training loader, a loader of held-out pairs (None without a test or val split), and
     four fixed pairs for the grids (held-out where there are any)."""
+    channels = (args.input_nc, args.output_nc)
     if args.dataroot is None:
-        train_set = data.Synthetic(args.crop_size, paired=True, direction=args.direction)
+        train_set = data.Synthetic(args.crop_size, paired=True, direction=args.direction,
+                                   channels=channels)
     else:
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
         train_set = data.PairedFolders(args.dataroot, 'train', tf, args.direction,
-                                       args.max_dataset_size, args.seed)
+                                       args.max_dataset_size, args.seed, channels)
     sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
     loader = torch.utils.data.DataLoader(
         train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
@@ -671,9 +682,11 @@ def evaluate(G, loader, device, train_mode=False):
         for batch in loader:
             A, B = batch['A'].to(device), batch['B'].to(device)
             fake_B = G_test(A).float()
-            scores = dict(l1=(fake_B - B).abs().flatten(1).mean(1),
-                          l1_input=(A - B).abs().flatten(1).mean(1), psnr=psnr(fake_B, B),
-                          psnr_input=psnr(A, B), ssim=ssim(fake_B, B), ssim_input=ssim(A, B))
+            scores = dict(l1=(fake_B - B).abs().flatten(1).mean(1), psnr=psnr(fake_B, B),
+                          ssim=ssim(fake_B, B))
+            if A.shape == B.shape:  # the input's own scores need the same channels
+                scores.update(l1_input=(A - B).abs().flatten(1).mean(1), psnr_input=psnr(A, B),
+                              ssim_input=ssim(A, B))
             for name, v in scores.items():
                 sums[name] = sums.get(name, 0) + v.sum().item()
             n += len(A)
@@ -684,8 +697,8 @@ def save_samples(G, A, B, path, train_mode=False):
     """One row per sample: input | output | target."""
     with test_mode(G, train_mode) as G_test:
         rows = [A, G_test(A), B]
-    grid = torch.stack([r[i].float() for i in range(len(A)) for r in rows])
-    torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3)
+    grid = torch.stack([r[i].float().expand(3, -1, -1) for i in range(len(A)) for r in rows])
+    torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3)  # gray: as RGB
 
 def describe_task(args):
     if args.dataroot is not None:
@@ -886,6 +899,15 @@ def train(args, given):
 # -----------------------------------------------------------------------------
 # inference, evaluation only, and export
 
+def official_norm(sd, first_conv):
+    """The norm an official file was trained with: batch norm keeps weights of its own; else the
+    convolutions carry a bias only with instance norm (the official rule), none with 'none'."""
+    if any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items()):
+        return 'batch'
+    if first_conv + '.bias' in sd:
+        return 'instance'
+    return 'none'
+
 def generator_from_file(path, obj=None):
     """The generator from our checkpoint, or from an official .pth state_dict (U-Net depth, width,
     batch or instance norm, dropout inferred from its keys and shapes). Returns (G, netG)."""
@@ -896,22 +918,27 @@ def generator_from_file(path, obj=None):
             sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py "
                      f"--translate")
         a = load_checkpoint(path, obj)['args']
-        G = make_generator(a['netG'], a['ngf'], a['norm'], not a['no_dropout'])
+        G = make_generator(a['netG'], a.get('input_nc', 3), a.get('output_nc', 3), a['ngf'],
+                           a['norm'], not a['no_dropout'])
         return load_weights(G, obj['G'], path), a['netG']
     sd = {}
     if isinstance(obj, dict):
         sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()}
-    batch = any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items())  # affine norms
-    norm = 'batch' if batch else 'instance'
     if 'model.model.0.weight' in sd:
         num_downs = max(k.split('.').count('model') for k in sd) - 1
         netG = f"unet_{2 ** num_downs}"
-        G = UnetGenerator(3, 3, num_downs, sd['model.model.0.weight'].shape[0], norm)
+        first = sd['model.model.0.weight']
+        out_nc = getattr(sd.get('model.model.3.weight'), 'shape', [0, 3])[1]  # ConvTranspose
+        G = UnetGenerator(first.shape[1], out_nc, num_downs, first.shape[0],
+                          official_norm(sd, 'model.model.0'))
     elif getattr(sd.get('model.1.weight'), 'shape', [0])[-1] == 7:
         n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
         dropout = getattr(sd.get('model.10.conv_block.6.weight'), 'ndim', 0) == 4  # a conv there
         netG = f"resnet_{n_blocks}blocks"
-        G = ResnetGenerator(3, 3, sd['model.1.weight'].shape[0], norm, n_blocks, dropout)
+        first = sd['model.1.weight']
+        out_nc = getattr(sd.get(f"model.{n_blocks + 17}.weight"), 'shape', [3])[0]  # last conv
+        G = ResnetGenerator(first.shape[1], out_nc, first.shape[0], official_norm(sd, 'model.1'),
+                            n_blocks, dropout)
     else:
         kind = 'not a generator state_dict'
         if 'model.0.weight' in sd or 'net.0.weight' in sd:
@@ -937,6 +964,15 @@ def run_generator(G, x, multiple):
     mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
     return G(F.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
 
+def save_png(y, path):
+    """y in [-1, 1], 1 x C x H x W: an 8-bit RGB PNG, or for one channel a 16-bit grayscale PNG,
+    which keeps the output's precision."""
+    y = (y[0].float().cpu() * 0.5 + 0.5).clamp(0, 1)
+    if len(y) == 1:
+        Image.fromarray((y[0] * 65535).round().numpy().astype('uint16')).save(path)
+    else:
+        torchvision.utils.save_image(y, path)
+
 @torch.no_grad()
 def translate(args):
     """--translate: each image under the path, at its own size, through the generator; a PNG per
@@ -944,6 +980,10 @@ def translate(args):
     device = pick_device(args.device)
     G, multiple = inference_generator(args)
     G.to(device)
+    channels = next(p for p in G.parameters() if p.ndim == 4).shape[1]  # the first conv's
+    if channels not in (1, 3):
+        sys.exit(f"error: {checkpoint_path(args)}: a generator of {channels}-channel images; "
+                 f"--translate reads images as 1 (grayscale) or 3 (RGB) channels")
     paths, base = [args.translate], os.path.dirname(args.translate)
     if not os.path.isfile(args.translate):
         paths, base = data.find_images(args.translate), args.translate
@@ -957,10 +997,10 @@ def translate(args):
     check_writable(args.results_dir, '--results_dir')
     rows = []
     for path, out in zip(paths, outs):
-        x = torchvision.transforms.functional.to_tensor(data.load_image(path))
+        x = torchvision.transforms.functional.to_tensor(data.load_image(path, channels))
         y = run_generator(G, x[None].to(device) * 2 - 1, multiple)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        torchvision.utils.save_image(y * 0.5 + 0.5, out)
+        save_png(y, out)
         src = os.path.relpath(os.path.abspath(path), os.path.abspath(args.results_dir))
         dst = os.path.relpath(os.path.abspath(out), os.path.abspath(args.results_dir))
         rows.append(f"<tr><td>{src}</td><td><img src='{src}'></td><td><img src='{dst}'></td></tr>")
@@ -1004,8 +1044,9 @@ def export_official(args):
 
 PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense, for MFU
 
-def random_images(args, device):
-    return torch.rand(args.batch_size, 3, args.crop_size, args.crop_size, device=device) * 2 - 1
+def random_images(args, channels, device):
+    size = (args.batch_size, channels, args.crop_size, args.crop_size)
+    return torch.rand(size, device=device) * 2 - 1
 
 def report_speed(step_fn, args, device, n_images, flops):
     """Times step_fn after three warm-up steps: the median over --max_iters steps (default 10),
@@ -1040,7 +1081,9 @@ def benchmark(args):
     ddp, rank, world, device, autocast, scaler = setup(args)
     nets, G, D_loss, opt_G, opt_D = build_model(args, device)
     G, D_loss = distribute(G, D_loss, args, ddp, device)
-    batch = (random_images(args, device), random_images(args, device), args, autocast, scaler)
+    real_A = random_images(args, args.input_nc, device)
+    real_B = random_images(args, args.output_nc, device)
+    batch = (real_A, real_B, args, autocast, scaler)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         train_step(G, D_loss, opt_G, opt_D, *batch)
     if args.compile:

@@ -1,6 +1,6 @@
 """The specification of cyclegan.py, pixelgan.py and data.py, as tests. Small sizes and widths keep
 the whole file to a few minutes on two CPU cores."""
-import ast, contextlib, copy, inspect, io, json, os, pickle, subprocess, sys, tokenize
+import ast, contextlib, copy, functools, inspect, io, json, os, pickle, subprocess, sys, tokenize
 import numpy as np
 import pytest
 import torch
@@ -70,7 +70,7 @@ def test_official_key_names():
                                                   ('n_layers', 4, 14), ('n_layers', 5, 6), ('pixel', 3, 256)])
 def test_discriminator_output_shapes_on_256(netD, n_layers, side):
     args, _ = cyclegan.parse_args(['--dataroot', 'x', '--netD', netD, '--n_layers_D', str(n_layers), '--ndf', '4'])
-    assert cyclegan.build_discriminator(args)(torch.zeros(1, 3, 256, 256)).shape == (1, 1, side, side)
+    assert cyclegan.build_discriminator(args, 3)(torch.zeros(1, 3, 256, 256)).shape == (1, 1, side, side)
 
 @pytest.mark.parametrize('netD, n_layers, field', [('pixel', 3, 1), ('n_layers', 1, 16), ('basic', 3, 70)])
 def test_discriminator_receptive_fields_measured_by_gradient(netD, n_layers, field):
@@ -91,7 +91,7 @@ def test_generators_keep_the_input_size():
 def test_init_is_normal_0_02():
     torch.manual_seed(0)
     args, _ = cyclegan.parse_args(['--dataroot', 'x', '--norm', 'batch'])
-    G = cyclegan.build_generator(args)
+    G = cyclegan.build_generator(args, 3, 3)
     w = G.model[4].weight
     assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 1e-3
     assert abs(G.model[5].weight.mean().item() - 1) < 0.01 and G.model[5].bias.abs().sum() == 0
@@ -113,8 +113,8 @@ def test_generator_step_follows_the_full_objective_in_one_piece():
     """train_step runs a backward per cycle; the generators' gradients are those of the paper's Eq. 3."""
     torch.manual_seed(0)
     args, _ = cyclegan.parse_args(['--dataroot', 'x', '--ngf', '4', '--ndf', '4', '--pool_size', '0'])
-    nets = [cyclegan.build_generator(args), cyclegan.build_generator(args),
-            cyclegan.build_discriminator(args), cyclegan.build_discriminator(args)]
+    nets = [cyclegan.build_generator(args, 3, 3), cyclegan.build_generator(args, 3, 3),
+            cyclegan.build_discriminator(args, 3), cyclegan.build_discriminator(args, 3)]
     G_A, G_B, D_A, D_B = copy.deepcopy(nets)  # the reference, before the step changes the weights
     A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     fake_B, fake_A = G_A(A), G_B(B)
@@ -1026,3 +1026,74 @@ def test_held_out_images_of_one_domain_only_still_train(tmp_path):
     train_in_process(cyclegan, '--dataroot', tmp_path / 'data', *TINY_CYCLEGAN, '--load_size', 36, '--max_iters', 2,
                      '--out_dir', tmp_path / 'o')
     assert (tmp_path / 'o' / 'samples_0000002.png').exists()
+
+# -----------------------------------------------------------------------------
+# every generator file the official code can write, and images of one channel
+
+OFFICIAL_VARIANTS = [  # (the script that loads it, the network as the official code builds it, a side)
+    *[(script, functools.partial(cyclegan.ResnetGenerator, *nc, ngf=4, norm=norm, n_blocks=6, dropout=dropout), 32)
+      for script in ('cyclegan', 'pixelgan') for norm in ('instance', 'batch', 'none') for dropout in (False, True)
+      for nc in ((3, 3), (1, 1), (1, 3))],
+    ('cyclegan', functools.partial(cyclegan.ResnetGenerator, 3, 3, ngf=4, n_blocks=9), 32),
+    *[('pixelgan', functools.partial(pixelgan.UnetGenerator, *nc, num_downs=downs, ngf=4, norm=norm), 2 ** downs)
+      for norm in ('batch', 'instance', 'none') for nc in ((3, 3), (1, 1), (3, 1)) for downs in (7, 8)],
+]
+
+@pytest.mark.parametrize('script, make, side', OFFICIAL_VARIANTS)
+def test_every_official_generator_variant_loads_and_computes_the_same(tmp_path, script, make, side):
+    torch.manual_seed(0)
+    G = make()
+    for m in G.modules():  # running statistics as a trained file has them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    G.eval()
+    torch.save({'module.' + k: v for k, v in G.state_dict().items()}, tmp_path / 'official.pth')
+    if script == 'cyclegan':
+        loaded = cyclegan.generator_from_file(str(tmp_path / 'official.pth'))
+    else:
+        loaded, _ = pixelgan.generator_from_file(str(tmp_path / 'official.pth'))
+    x = torch.randn(1, make.args[0] if make.args else 3, side, side)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), G(x))
+
+def test_16_bit_grayscale_keeps_its_precision_into_the_network(tmp_path):
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)  # 4096 levels
+    Image.fromarray(ramp).save(tmp_path / 'mri.png')
+    x = data.Transform('none', train=False)([data.load_image(str(tmp_path / 'mri.png'), channels=1)], None)[0]
+    assert x.shape == (1, 64, 64) and len(x.unique()) == 4096
+    torch.testing.assert_close(x[0], torch.from_numpy(ramp / 65535.0 * 2 - 1).float())
+
+def save_gray(path, size=40, seed=0, bits=16):
+    arr = np.random.default_rng(seed).integers(0, 2 ** bits, (size, size))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr.astype(np.uint16 if bits == 16 else np.uint8)).save(path)
+
+def test_one_channel_unpaired_and_paired_data_train_and_translate_end_to_end(tmp_path):
+    for d in ('trainA', 'trainB', 'testA', 'testB'):
+        for i in range(2):
+            save_gray(str(tmp_path / 'unpaired' / d / f'{i}.png'), seed=hash(d) % 100 + i)
+    for phase in ('train', 'val'):
+        for i in range(2):
+            save_gray(str(tmp_path / 'paired' / 'A' / phase / f'{i}.png'), size=140, seed=i)
+            save_gray(str(tmp_path / 'paired' / 'B' / phase / f'{i}.png'), size=140, seed=i + 7, bits=8)
+    one_channel = ['--input_nc', 1, '--output_nc', 1, '--max_iters', 2]
+    train_in_process(cyclegan, '--dataroot', tmp_path / 'unpaired', *TINY_CYCLEGAN, '--load_size', 36, *one_channel,
+                     '--out_dir', tmp_path / 'c')
+    train_in_process(pixelgan, '--dataroot', tmp_path / 'paired', *TINY_PIXELGAN, '--load_size', 140, *one_channel,
+                     '--out_dir', tmp_path / 'p')
+    assert torch.load(tmp_path / 'c' / 'ckpt.pt', weights_only=True)['G_A']['model.1.weight'].shape[1] == 1
+    assert torch.load(tmp_path / 'p' / 'ckpt.pt', weights_only=True)['D']['net.0.weight'].shape[1] == 2  # input + output
+    save_gray(str(tmp_path / 'scans' / 'x.png'), size=50)
+    for module, out in ((cyclegan, 'c'), (pixelgan, 'p')):
+        module.main(['--translate', str(tmp_path / 'scans'), '--ckpt', str(tmp_path / out / 'ckpt.pt'),
+                     '--results_dir', str(tmp_path / f'results_{out}')])
+        result = Image.open(tmp_path / f'results_{out}' / 'x.png')
+        assert result.mode == 'I;16' and result.size == (50, 50)  # 16-bit grayscale, as the input was
+
+def test_identity_loss_needs_as_many_channels_in_both_domains(tmp_path):
+    with pytest.raises(SystemExit, match='--lambda_identity needs --input_nc = --output_nc'):
+        train_in_process(cyclegan, *TINY_CYCLEGAN, '--input_nc', 1, '--out_dir', tmp_path)
+    train_in_process(cyclegan, *TINY_CYCLEGAN, '--input_nc', 1, '--lambda_identity', 0, '--max_iters', 1,
+                     '--out_dir', tmp_path)  # the synthetic task, A in grayscale: colourisation
+    assert (tmp_path / 'ckpt.pt').exists()
