@@ -984,6 +984,10 @@ CATALOGUE = [  # (script, command line, what the one line says, files that must 
     ('cyclegan', '--preprocess none --batch_size 2', "--preprocess none keeps each image's own size", []),
     ('pixelgan', '--preprocess scale_width', 'gives images of any size; --netG unet_128 needs a crop', []),
     ('cyclegan', '--crop_size 30', '--crop_size 30 must be a multiple of 4', []),
+    ('cyclegan', '--resume --ckpt {t}/empty.pt', 'empty.pt: not a loadable weights file', ['empty.pt']),
+    ('cyclegan', '--input_nc 1', '--lambda_identity needs --input_nc = --output_nc', []),
+    pytest.param('pixelgan', '--device cuda', '--device cuda: not present on this machine (present: cpu)', [],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')),
 ]
 
 @pytest.mark.parametrize('script, command, says, unchanged', CATALOGUE)
