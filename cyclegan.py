@@ -76,10 +76,10 @@ def get_parser():
     a('--out_dir', default='out/cyclegan', help='new: checkpoint, samples and log.jsonl go here')
     a('--max_iters', type=int, default=None, help='new: stop after this many iterations')
     a('--eval_freq', type=int, default=1000,
-      help='new: iterations between evaluations on held-out images')
+      help='new: iterations between evaluations against the built-in task\'s ground truth')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
     a('--ckpt', default=None,
-      help='new: checkpoint or official generator .pth to resume from / translate with')
+      help='new: our checkpoint to resume from; it or an official generator .pth to translate')
     a('--translate', default=None, metavar='PATH',
       help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/cyclegan', help='new: where --translate writes')
@@ -130,7 +130,7 @@ def parse_args(argv=None):
     """Returns the args and the flags given explicitly (they override preset and checkpoint)."""
     parser = get_parser()
     args = parser.parse_args(argv)
-    for action in parser._actions:
+    for action in parser._actions:  # a second parse without defaults: only what was typed
         action.default = argparse.SUPPRESS
     given = vars(parser.parse_args(argv))
     if args.dataroot is None and not args.resume and not args.benchmark:
@@ -317,8 +317,8 @@ class ImagePool:
         self.images = list(images)
 
 def identity_loss(idt, real, weight):
-    """The identity loss (section 5.2): G_A(b) should leave an image b of domain B as it is, which
-    keeps the colours of photos painted from paintings. Zero where it is off (idt None)."""
+    """The identity loss (section 5.2): G_A(b) should leave an image b of domain B as it is. The
+    paper uses it to keep the colours in painting -> photo. Zero where it is off (idt None)."""
     if idt is None:
         return torch.zeros((), device=real.device)
     return weight * F.l1_loss(idt.float(), real)
@@ -326,7 +326,7 @@ def identity_loss(idt, real, weight):
 def lr_factor(epoch, n_epochs, n_epochs_decay):
     """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay
     (the official rule)."""
-    return 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1)
+    return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1))
 
 # -----------------------------------------------------------------------------
 # the training step. Both generators form one module (and both discriminators another) so that
@@ -355,8 +355,8 @@ class Generators(nn.Module):
         return fake, back(fake), idt
 
 class Discriminators(nn.Module):
-    """D_A tells real B from fake B, D_B real A from fake A (step 3 of the recipe). Each loss is
-    halved, as in the official code, which slows D down relative to G."""
+    """D_A tells real B from fake B, D_B real A from fake A (Eq. 1, the discriminators' side).
+    Each loss is halved, as in the official code, which slows D down relative to G."""
     def __init__(self, D_A, D_B, batch_calls, gan_mode):
         super().__init__()
         self.D_A = D_A
@@ -387,9 +387,11 @@ def unwrap(m):
 def train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler):
     """One iteration of the paper's full objective (Eq. 3): a generator step, then a
     discriminator step. Returns the losses, named as in the official code."""
+    # G's step calls the bare discriminators: D's own gradients are not wanted there, so data
+    # parallelism must not see this forward
     D_A, D_B = unwrap(D).D_A, unwrap(D).D_B
     lambda_idt = args.lambda_identity
-    identity = lambda_idt > 0  # G_A(B) takes B: only where A and B have as many channels
+    identity = lambda_idt > 0  # (train() has checked that A and B have as many channels)
     # generator step, the discriminators frozen. The objective is a sum over the two cycles, so
     # each cycle gets its own backward: the same gradients, with one cycle's activations in memory
     # instead of two (measured: 23% less peak memory at 256 px)
@@ -429,13 +431,24 @@ def train_step(G, D, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocas
 # the training loop: its helpers first (device, checkpoints, data, networks, metrics, logging),
 # then train() itself
 
+def check_run(args):
+    """What the networks need of the flags, checked before any work (also on resumed args)."""
+    check_flags(args)
+    if args.crop_size % 4:
+        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of 4 for the ResNet "
+                 f"generator")
+    if args.lambda_identity > 0 and args.input_nc != args.output_nc:
+        sys.exit("error: --lambda_identity needs --input_nc = --output_nc (G_A(B) takes B); "
+                 "give --lambda_identity 0")
+
 def pick_device(name):
     """--device auto takes CUDA, then MPS, then the CPU; a device that is absent is an error."""
-    present = ['cpu']
+    present = []
     if torch.cuda.is_available():
-        present.insert(0, 'cuda')
+        present.append('cuda')
     if torch.backends.mps.is_available():
-        present.insert(0, 'mps')
+        present.append('mps')
+    present.append('cpu')
     if name == 'auto':
         return torch.device(present[0])
     if name not in present:
@@ -479,7 +492,7 @@ def setup(args):
 
 def check_writable(folder, flag):
     """Fail now rather than at the first save, hours from now."""
-    probe = os.path.join(folder, '.write_test')
+    probe = os.path.join(folder, f".write_test.{os.getpid()}")
     try:
         os.makedirs(folder, exist_ok=True)
         open(probe, 'w').close()
@@ -625,7 +638,7 @@ def distribute(G, D, args, ddp, device):
         D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
     return nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
 
-def diverged(what, step, path):
+def diverged_message(what, step, path):
     return (f"error: the {what} became NaN or infinite at iteration {step}; {path} keeps the "
             f"last good state. Try a lower --lr or --dtype float32")
 
@@ -635,7 +648,7 @@ def save_run(path, args, stateful, world, epoch, epoch_iter, step):
     finite never reach the disk."""
     for obj in stateful.values():
         if isinstance(obj, nn.Module) and not all(p.isfinite().all() for p in obj.parameters()):
-            sys.exit(diverged('weights', step, path))
+            sys.exit(diverged_message('weights', step, path))
     ckpt = dict(script=SCRIPT, args=vars(args), epoch=epoch, epoch_iter=epoch_iter, step=step,
                 world_size=world, rng_cpu=torch.get_rng_state())
     if torch.cuda.is_initialized():
@@ -646,15 +659,22 @@ def save_run(path, args, stateful, world, epoch, epoch_iter, step):
 
 def restore_run(ckpt, stateful, args, world, device):
     """Loads what save_run wrote; returns the position (epoch, iteration in it, iteration). Under
-    another batch size or number of processes, the epoch goes on after the images already seen."""
+    another batch size or number of processes, the position is counted in images: the epoch goes
+    on after the images already seen, and the schedule ends where it would have."""
+    missing = [name for name in stateful if name not in ckpt]
+    if missing:
+        sys.exit(f"error: {checkpoint_path(args)}: a checkpoint without {', '.join(missing)}; "
+                 f"it cannot be resumed")
     for name, obj in stateful.items():
         obj.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt['rng_cpu'])
     if device.type == 'cuda' and 'rng_cuda' in ckpt:
         torch.cuda.set_rng_state(ckpt['rng_cuda'])
-    images_seen = ckpt['epoch_iter'] * ckpt['args']['batch_size'] * ckpt['world_size']
-    epoch_iter = images_seen // (args.batch_size * world)
-    return ckpt['epoch'], epoch_iter, ckpt['step']
+    images_per_step = args.batch_size * world
+    saved_images_per_step = ckpt['args']['batch_size'] * ckpt['world_size']
+    epoch_iter = ckpt['epoch_iter'] * saved_images_per_step // images_per_step
+    step = ckpt['step'] * saved_images_per_step // images_per_step
+    return ckpt['epoch'], epoch_iter, step
 
 def psnr(x, y):
     """Peak signal-to-noise ratio in dB of images in [-1, 1], per image."""
@@ -662,7 +682,8 @@ def psnr(x, y):
     return 10 * torch.log10(4 / mse.clamp_min(1e-10))
 
 def ssim(x, y, size=11, sigma=1.5):
-    """Structural similarity (Wang et al. 2004), Gaussian window, on [0, 1] images, per image."""
+    """Structural similarity (Wang et al. 2004), Gaussian window, per image; images in [-1, 1]
+    are compared as [0, 1]."""
     x, y = (x + 1) / 2, (y + 1) / 2
     g = torch.exp(-(torch.arange(size, device=x.device) - size // 2) ** 2 / (2 * sigma ** 2))
     win = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, size, size)
@@ -781,17 +802,12 @@ def train(args, given):
     elif os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
                  f"--out_dir (or --ckpt) to start a new one")
-    if args.crop_size % 4:
-        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of 4 for the ResNet "
-                 f"generator")
-    if args.lambda_identity > 0 and args.input_nc != args.output_nc:
-        sys.exit("error: --lambda_identity needs --input_nc = --output_nc (G_A(B) takes B); "
-                 "give --lambda_identity 0")
+    check_run(args)
+    check_writable(args.out_dir, '--out_dir')  # on every process, before any waits for another
     ddp, rank, world, device, autocast, scaler = setup(args)
     master = rank == 0  # only rank 0 prints, evaluates and writes
     log = None
     if master:
-        check_writable(args.out_dir, '--out_dir')
         print(f"training on {describe_task(args)}")
         log = Log(args.out_dir, args.tensorboard)
     # data; BtoA swaps the domains
@@ -858,7 +874,7 @@ def train(args, given):
         if ddp:
             diverging, stopping = any_process([diverging, stopping], device)
         if diverging:
-            sys.exit(diverged(f"loss ({losses})", step, ckpt_path))
+            sys.exit(diverged_message(f"loss ({losses})", step, ckpt_path))
         # log: losses, speed, time to go
         if master and due(step, args.print_freq, total):
             seconds, steps = time.time() - t_last, step - step_last
@@ -922,13 +938,13 @@ def generator_from_file(path, direction='AtoB'):
         if obj['script'] != SCRIPT:
             sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py "
                      f"--translate")
-        args = argparse.Namespace(**load_checkpoint(path, obj)['args'])
-        n_blocks = 9 if args.netG == 'resnet_9blocks' else 6
-        a_nc, b_nc = vars(args).get('input_nc', 3), vars(args).get('output_nc', 3)
-        if direction == args.direction:  # G_A learnt the direction trained
-            return load_weights(ResnetGenerator(a_nc, b_nc, args.ngf, args.norm, n_blocks),
+        a = load_checkpoint(path, obj)['args']
+        n_blocks = 9 if a['netG'] == 'resnet_9blocks' else 6
+        a_nc, b_nc = a.get('input_nc', 3), a.get('output_nc', 3)  # (files before these flags: 3)
+        if direction == a['direction']:  # G_A learnt the direction trained
+            return load_weights(ResnetGenerator(a_nc, b_nc, a['ngf'], a['norm'], n_blocks),
                                 obj['G_A'], path)
-        return load_weights(ResnetGenerator(b_nc, a_nc, args.ngf, args.norm, n_blocks),
+        return load_weights(ResnetGenerator(b_nc, a_nc, a['ngf'], a['norm'], n_blocks),
                             obj['G_B'], path)
     sd = {}
     if isinstance(obj, dict):
@@ -1059,18 +1075,19 @@ def report_speed(step_fn, args, device, n_images, flops):
 
 def benchmark(args):
     """--benchmark: build what train() builds, count one step's FLOPs (eager), then time it."""
+    check_run(args)
     ddp, rank, world, device, autocast, scaler = setup(args)
     nets, G, D, opt_G, opt_D = build_model(args, device)
     pool_A, pool_B = ImagePool(args.pool_size), ImagePool(args.pool_size)
     G, D = distribute(G, D, args, ddp, device)
     real_A = random_images(args, args.input_nc, device)
     real_B = random_images(args, args.output_nc, device)
-    batch = (real_A, real_B, args, autocast, scaler)
+    step_args = (real_A, real_B, args, autocast, scaler)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
-        train_step(G, D, opt_G, opt_D, pool_A, pool_B, *batch)
+        train_step(G, D, opt_G, opt_D, pool_A, pool_B, *step_args)
     if args.compile:
         G, D = torch.compile(G), torch.compile(D)
-    step_fn = functools.partial(train_step, G, D, opt_G, opt_D, pool_A, pool_B, *batch)
+    step_fn = functools.partial(train_step, G, D, opt_G, opt_D, pool_A, pool_B, *step_args)
     return report_speed(step_fn, args, device, args.batch_size * world, counter.get_total_flops())
 
 # -----------------------------------------------------------------------------

@@ -255,8 +255,8 @@ def render_scene(seed, size, striped):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
     sky, grass = SKY + rng.normal(0, 0.05, 3), GRASS + rng.normal(0, 0.05, 3)
-    below_horizon = (y < rng.uniform(0.3, 0.6) * size)[..., None]
-    img = np.where(below_horizon, sky, grass) * (1 - 0.2 * (y / size))[..., None]
+    is_sky = (y < rng.uniform(0.3, 0.6) * size)[..., None]  # above the horizon
+    img = np.where(is_sky, sky, grass) * (1 - 0.2 * (y / size))[..., None]
     stripes = ((x + y) % 4 < 2)[..., None]
     for _ in range(rng.integers(1, 4)):
         cx, cy = rng.uniform(0.3, 0.7, 2) * size

@@ -82,7 +82,7 @@ def get_parser():
       help='new: keep dropout and batch statistics on at test time, as the paper does')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
     a('--ckpt', default=None,
-      help='new: checkpoint or official generator .pth to resume from / translate with')
+      help='new: our checkpoint to resume from; it or an official generator .pth to translate')
     a('--translate', default=None, metavar='PATH',
       help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/pixelgan', help='new: where --translate writes')
@@ -107,7 +107,7 @@ SCRIPT = 'pixelgan'
 NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
 ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout', 'input_nc',
               'output_nc']  # these must match to resume
-EVAL_FLAGS = ['direction', 'preprocess', 'load_size', 'crop_size']  # --eval_only: from the ckpt
+EVAL_FLAGS = ['direction', 'preprocess', 'load_size', 'crop_size', 'input_nc', 'output_nc']
 FLAG_MINIMUM = dict(n_layers_D=1, ngf=1, ndf=1, batch_size=1, load_size=1, crop_size=1,
                     max_dataset_size=1, print_freq=1, display_freq=1, save_latest_freq=1,
                     eval_freq=1, lambda_L1=0, n_epochs=0, n_epochs_decay=0, num_threads=0,
@@ -133,7 +133,7 @@ def parse_args(argv=None):
     """Returns the args and the flags given explicitly (they override preset and checkpoint)."""
     parser = get_parser()
     args = parser.parse_args(argv)
-    for action in parser._actions:
+    for action in parser._actions:  # a second parse without defaults: only what was typed
         action.default = argparse.SUPPRESS
     given = vars(parser.parse_args(argv))
     if args.dataroot is None and not args.resume and not args.benchmark:
@@ -348,7 +348,7 @@ def gradient_penalty(D, real, fake, weight=10.0):
 def lr_factor(epoch, n_epochs, n_epochs_decay):
     """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay
     (the official rule)."""
-    return 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1)
+    return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1))
 
 # -----------------------------------------------------------------------------
 # the training step
@@ -408,13 +408,26 @@ def train_step(G, D_loss, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
 # the training loop: its helpers first (device, checkpoints, data, networks, metrics, logging),
 # then train() itself
 
+def check_run(args):
+    """What the networks need of the flags, checked before any work (also on resumed args)."""
+    check_flags(args)
+    multiple = size_multiple(args.netG)
+    if args.crop_size % multiple:
+        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {multiple} for "
+                 f"--netG {args.netG}")
+    if args.netG.startswith('unet') and 'crop' not in args.preprocess:
+        sys.exit(f"error: --preprocess {args.preprocess} gives images of any size; --netG "
+                 f"{args.netG} needs a crop (--preprocess resize_and_crop, crop or "
+                 f"scale_width_and_crop)")
+
 def pick_device(name):
     """--device auto takes CUDA, then MPS, then the CPU; a device that is absent is an error."""
-    present = ['cpu']
+    present = []
     if torch.cuda.is_available():
-        present.insert(0, 'cuda')
+        present.append('cuda')
     if torch.backends.mps.is_available():
-        present.insert(0, 'mps')
+        present.append('mps')
+    present.append('cpu')
     if name == 'auto':
         return torch.device(present[0])
     if name not in present:
@@ -458,7 +471,7 @@ def setup(args):
 
 def check_writable(folder, flag):
     """Fail now rather than at the first save, hours from now."""
-    probe = os.path.join(folder, '.write_test')
+    probe = os.path.join(folder, f".write_test.{os.getpid()}")
     try:
         os.makedirs(folder, exist_ok=True)
         open(probe, 'w').close()
@@ -612,7 +625,7 @@ def distribute(G, D, args, ddp, device):
         D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
     return nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
 
-def diverged(what, step, path):
+def diverged_message(what, step, path):
     return (f"error: the {what} became NaN or infinite at iteration {step}; {path} keeps the "
             f"last good state. Try a lower --lr or --dtype float32")
 
@@ -622,7 +635,7 @@ def save_run(path, args, stateful, world, epoch, epoch_iter, step):
     finite never reach the disk."""
     for obj in stateful.values():
         if isinstance(obj, nn.Module) and not all(p.isfinite().all() for p in obj.parameters()):
-            sys.exit(diverged('weights', step, path))
+            sys.exit(diverged_message('weights', step, path))
     ckpt = dict(script=SCRIPT, args=vars(args), epoch=epoch, epoch_iter=epoch_iter, step=step,
                 world_size=world, rng_cpu=torch.get_rng_state())
     if torch.cuda.is_initialized():
@@ -633,15 +646,22 @@ def save_run(path, args, stateful, world, epoch, epoch_iter, step):
 
 def restore_run(ckpt, stateful, args, world, device):
     """Loads what save_run wrote; returns the position (epoch, iteration in it, iteration). Under
-    another batch size or number of processes, the epoch goes on after the images already seen."""
+    another batch size or number of processes, the position is counted in images: the epoch goes
+    on after the images already seen, and the schedule ends where it would have."""
+    missing = [name for name in stateful if name not in ckpt]
+    if missing:
+        sys.exit(f"error: {checkpoint_path(args)}: a checkpoint without {', '.join(missing)}; "
+                 f"it cannot be resumed")
     for name, obj in stateful.items():
         obj.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt['rng_cpu'])
     if device.type == 'cuda' and 'rng_cuda' in ckpt:
         torch.cuda.set_rng_state(ckpt['rng_cuda'])
-    images_seen = ckpt['epoch_iter'] * ckpt['args']['batch_size'] * ckpt['world_size']
-    epoch_iter = images_seen // (args.batch_size * world)
-    return ckpt['epoch'], epoch_iter, ckpt['step']
+    images_per_step = args.batch_size * world
+    saved_images_per_step = ckpt['args']['batch_size'] * ckpt['world_size']
+    epoch_iter = ckpt['epoch_iter'] * saved_images_per_step // images_per_step
+    step = ckpt['step'] * saved_images_per_step // images_per_step
+    return ckpt['epoch'], epoch_iter, step
 
 def psnr(x, y):
     """Peak signal-to-noise ratio in dB of images in [-1, 1], per image."""
@@ -649,7 +669,8 @@ def psnr(x, y):
     return 10 * torch.log10(4 / mse.clamp_min(1e-10))
 
 def ssim(x, y, size=11, sigma=1.5):
-    """Structural similarity (Wang et al. 2004), Gaussian window, on [0, 1] images, per image."""
+    """Structural similarity (Wang et al. 2004), Gaussian window, per image; images in [-1, 1]
+    are compared as [0, 1]."""
     x, y = (x + 1) / 2, (y + 1) / 2
     g = torch.exp(-(torch.arange(size, device=x.device) - size // 2) ** 2 / (2 * sigma ** 2))
     win = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, size, size)
@@ -775,19 +796,12 @@ def train(args, given):
     elif os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
                  f"--out_dir (or --ckpt) to start a new one")
-    multiple = size_multiple(args.netG)
-    if args.crop_size % multiple:
-        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {multiple} for "
-                 f"--netG {args.netG}")
-    if args.netG.startswith('unet') and 'crop' not in args.preprocess:
-        sys.exit(f"error: --preprocess {args.preprocess} gives images of any size; --netG "
-                 f"{args.netG} needs a crop (--preprocess resize_and_crop, crop or "
-                 f"scale_width_and_crop)")
+    check_run(args)
+    check_writable(args.out_dir, '--out_dir')  # on every process, before any waits for another
     ddp, rank, world, device, autocast, scaler = setup(args)
     master = rank == 0  # only rank 0 prints, evaluates and writes
     log = None
     if master:
-        check_writable(args.out_dir, '--out_dir')
         print(f"training on {describe_task(args)}")
         log = Log(args.out_dir, args.tensorboard)
     # data (the dataset applies --direction)
@@ -851,7 +865,7 @@ def train(args, given):
         if ddp:
             diverging, stopping = any_process([diverging, stopping], device)
         if diverging:
-            sys.exit(diverged(f"loss ({losses})", step, ckpt_path))
+            sys.exit(diverged_message(f"loss ({losses})", step, ckpt_path))
         # log: losses, speed, time to go
         if master and due(step, args.print_freq, total):
             seconds, steps = time.time() - t_last, step - step_last
@@ -1028,7 +1042,7 @@ def eval_only(args, given):
     print(format_scores(scores, digits=4))
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, 'log.jsonl'), 'a') as f:
-        f.write(json.dumps(dict(eval_only=args.ckpt, **scores)) + '\n')
+        f.write(json.dumps(dict(eval_only=path, **scores)) + '\n')
 
 def export_official(args):
     """--export_official: each network as a bare state_dict in latest_net_<name>.pth, as the
@@ -1078,17 +1092,18 @@ def report_speed(step_fn, args, device, n_images, flops):
 
 def benchmark(args):
     """--benchmark: build what train() builds, count one step's FLOPs (eager), then time it."""
+    check_run(args)
     ddp, rank, world, device, autocast, scaler = setup(args)
     nets, G, D_loss, opt_G, opt_D = build_model(args, device)
     G, D_loss = distribute(G, D_loss, args, ddp, device)
     real_A = random_images(args, args.input_nc, device)
     real_B = random_images(args, args.output_nc, device)
-    batch = (real_A, real_B, args, autocast, scaler)
+    step_args = (real_A, real_B, args, autocast, scaler)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
-        train_step(G, D_loss, opt_G, opt_D, *batch)
+        train_step(G, D_loss, opt_G, opt_D, *step_args)
     if args.compile:
         G, D_loss = torch.compile(G), torch.compile(D_loss)
-    step_fn = functools.partial(train_step, G, D_loss, opt_G, opt_D, *batch)
+    step_fn = functools.partial(train_step, G, D_loss, opt_G, opt_D, *step_args)
     return report_speed(step_fn, args, device, args.batch_size * world, counter.get_total_flops())
 
 # -----------------------------------------------------------------------------

@@ -851,7 +851,7 @@ def test_a_failed_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path,
 def test_resume_under_another_batch_size_continues_after_the_images_seen():
     args, _ = cyclegan.parse_args(['--batch_size', '2'])
     ckpt = dict(epoch=3, epoch_iter=10, step=70, world_size=1, rng_cpu=torch.get_rng_state(), args={'batch_size': 1})
-    assert cyclegan.restore_run(ckpt, {}, args, world=1, device=torch.device('cpu')) == (3, 5, 70)
+    assert cyclegan.restore_run(ckpt, {}, args, world=1, device=torch.device('cpu')) == (3, 5, 35)
     assert cyclegan.restore_run({**ckpt, 'world_size': 4}, {}, args, world=2, device=torch.device('cpu')) == (3, 10, 70)
 
 def test_images_come_in_as_a_viewer_shows_them(tmp_path):
@@ -883,7 +883,7 @@ def test_an_image_too_small_for_the_crop_is_named_when_met_in_training(tmp_path)
 
 MODEL_SPECIFIC = ['get_parser', 'build_generator', 'build_discriminator', 'train_step', 'make_data',
                   'build_model', 'evaluate', 'save_samples', 'train', 'generator_from_file',
-                  'inference_generator', 'benchmark', 'main']
+                  'inference_generator', 'benchmark', 'main', 'check_run']
 
 def definitions(module):
     """A script's top-level functions and classes, in the order of the file."""
