@@ -18,6 +18,7 @@ import argparse, contextlib, copy, functools, json, math, os, re, signal, statis
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.fx.experimental._config
 import torch.utils.flop_counter
 import torchvision
 from PIL import Image
@@ -88,6 +89,8 @@ def get_parser():
     a('--results_dir', default='results/pixelgan', help='new: where --translate writes')
     a('--export_official', default=None, metavar='DIR',
       help='new: write --ckpt as the official latest_net_*.pth files')
+    a('--export', default=None, metavar='FILE',
+      help='new: write the generator of --ckpt as FILE.pt2 (torch.export) or FILE.onnx')
     a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     a('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
       help='new: autocast precision of the networks; auto: bfloat16 where the hardware is fast')
@@ -1053,6 +1056,41 @@ def export_official(args):
         save_checkpoint(ckpt[name], os.path.join(args.export_official, f"latest_net_{name}.pth"))
     print(f"wrote latest_net_{{{','.join(NETWORKS)}}}.pth into {args.export_official}")
 
+def export_onnx(G, example, dynamic, path):
+    try:
+        import onnx, onnxscript  # noqa: F401 (torch.onnx needs both)
+    except ImportError:
+        sys.exit("error: --export to .onnx needs the onnx packages: pip install onnx onnxscript")
+    torch.onnx.export(G, (example,), path, dynamic_shapes=dynamic, dynamo=True, verbose=False,
+                      external_data=False)  # one file
+
+def export_generator(args):
+    """--export FILE: the generator that --translate runs, in eval mode, for use without this code:
+    FILE.pt2 (torch.export) or FILE.onnx (with the onnx and onnxscript packages). Height and width
+    stay free: any multiples of what the generator needs, from 8 pixels (ResNet) or one multiple
+    (U-Net) up."""
+    if os.path.splitext(args.export)[1] not in ('.pt2', '.onnx'):
+        sys.exit(f"error: --export {args.export}: name a .pt2 or an .onnx file")
+    G, multiple = inference_generator(args)
+    G = G.eval().float().cpu()
+    channels = next(p for p in G.parameters() if p.ndim == 4).shape[1]  # the first conv's
+    smallest = max(multiple, 8) // multiple  # in multiples
+    height = torch.export.Dim('height', min=smallest)
+    width = torch.export.Dim('width', min=smallest)
+    dynamic = {'x': {2: multiple * height, 3: multiple * width}}
+    example = torch.randn(1, channels, 2 * max(multiple, 8), 2 * max(multiple, 8))
+    os.makedirs(os.path.dirname(os.path.abspath(args.export)), exist_ok=True)
+    # the U-Net's innermost level is 1x1 at the smallest size: without size-oblivious reasoning
+    # torch.export would keep that size out of the range
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        if args.export.endswith('.pt2'):
+            torch.export.save(torch.export.export(G, (example,), dynamic_shapes=dynamic),
+                              args.export)
+        else:
+            export_onnx(G, example, dynamic, args.export)
+    print(f"wrote {args.export}: input 1 x {channels} x H x W in [-1, 1], H and W multiples of "
+          f"{multiple} from {smallest * multiple}")
+
 # -----------------------------------------------------------------------------
 # the benchmark: the training step that train() runs, timed on random tensors
 
@@ -1118,6 +1156,8 @@ def main(argv=None):
             eval_only(args, given)
         elif args.export_official:
             export_official(args)
+        elif args.export:
+            export_generator(args)
         elif args.benchmark:
             benchmark(args)
         else:

@@ -1101,3 +1101,43 @@ def test_identity_loss_needs_as_many_channels_in_both_domains(tmp_path):
     train_in_process(cyclegan, *TINY_CYCLEGAN, '--input_nc', 1, '--lambda_identity', 0, '--max_iters', 1,
                      '--out_dir', tmp_path)  # the synthetic task, A in grayscale: colourisation
     assert (tmp_path / 'ckpt.pt').exists()
+
+# -----------------------------------------------------------------------------
+# deployment: the generator exported for use without this code
+
+def exported_generators(tmp_path):
+    """A tiny CycleGAN and a tiny U-Net-128 pix2pix checkpoint, and their generators as --translate runs them."""
+    train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path / 'c')
+    train_in_process(pixelgan, *TINY_PIXELGAN, '--max_iters', 1, '--out_dir', tmp_path / 'p')
+    G_c = cyclegan.generator_from_file(str(tmp_path / 'c' / 'ckpt.pt')).eval()
+    G_p = pixelgan.generator_from_file(str(tmp_path / 'p' / 'ckpt.pt'))[0].eval()
+    return [(cyclegan, tmp_path / 'c' / 'ckpt.pt', G_c, [(8, 8), (36, 52)]),
+            (pixelgan, tmp_path / 'p' / 'ckpt.pt', G_p, [(128, 128), (256, 384)])]
+
+def test_export_pt2_runs_at_any_size_like_the_generator(tmp_path):
+    for module, ckpt, G, sizes in exported_generators(tmp_path):
+        path = tmp_path / f'{module.SCRIPT}.pt2'
+        module.main(['--export', str(path), '--ckpt', str(ckpt)])
+        exported = torch.export.load(str(path)).module()  # what a deployment does, without this code
+        for size in sizes:
+            x = torch.rand(1, 3, *size) * 2 - 1
+            with torch.no_grad():
+                torch.testing.assert_close(exported(x), G(x), rtol=1e-4, atol=1e-4)
+
+def test_export_onnx_runs_at_any_size_like_the_generator(tmp_path):
+    pytest.importorskip('onnxscript', reason='optional extra: pip install onnx onnxscript onnxruntime')
+    onnxruntime = pytest.importorskip('onnxruntime', reason='optional extra: pip install onnxruntime')
+    for module, ckpt, G, sizes in exported_generators(tmp_path):
+        path = tmp_path / f'{module.SCRIPT}.onnx'
+        module.main(['--export', str(path), '--ckpt', str(ckpt)])
+        session = onnxruntime.InferenceSession(str(path))
+        assert os.listdir(tmp_path).count(path.name) == 1 and not (tmp_path / (path.name + '.data')).exists()
+        for size in sizes:
+            x = torch.rand(1, 3, *size) * 2 - 1
+            y = session.run(None, {'x': x.numpy()})[0]
+            with torch.no_grad():
+                torch.testing.assert_close(torch.from_numpy(y), G(x), rtol=1e-4, atol=1e-4)
+
+def test_export_refuses_other_file_kinds(tmp_path):
+    with pytest.raises(SystemExit, match='--export g.pth: name a .pt2 or an .onnx file'):
+        cyclegan.main(['--export', 'g.pth'])
