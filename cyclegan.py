@@ -459,8 +459,11 @@ def pick_device(name):
                  f"{', '.join(present)}); use --device auto")
     return torch.device(name)
 
-def fastest_dtype(device):
-    """bfloat16 on CUDA compute capability 8+ and on CPUs with AVX-512 BF16 or AMX."""
+def autocast_dtype(name, device):
+    """--dtype; auto: bfloat16 on CUDA compute capability 8+ and on CPUs with AVX-512 BF16 or
+    AMX, else float32. Decided on each run, so a resumed run suits the machine it runs on."""
+    if name != 'auto':
+        return name
     fast = False
     if device.type == 'cuda':
         fast = torch.cuda.get_device_capability(device)[0] >= 8
@@ -483,9 +486,7 @@ def setup(args):
     if ddp:
         torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     torch.manual_seed(args.seed)  # the same on every process: identical initial weights
-    if args.dtype == 'auto':
-        args.dtype = fastest_dtype(device)
-    dtype = getattr(torch, args.dtype)
+    dtype = getattr(torch, autocast_dtype(args.dtype, device))
     autocast = contextlib.nullcontext()
     if dtype != torch.float32:
         autocast = torch.autocast(device.type, dtype=dtype)
@@ -1105,7 +1106,8 @@ def report_speed(step_fn, args, device, n_images, flops):
         peak_mem_mib = torch.cuda.max_memory_allocated() / 2**20
     result = dict(ms_per_iter=1000 * sec, images_per_s=n_images / sec, flops_per_iter=flops,
                   flops_per_s=flops / sec, peak_mem_mib=peak_mem_mib,
-                  mfu=flops / sec / peak if peak else None, device=name, dtype=args.dtype)
+                  mfu=flops / sec / peak if peak else None, device=name,
+                  dtype=autocast_dtype(args.dtype, device))
     for k, v in result.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps(result))

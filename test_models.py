@@ -1141,3 +1141,7 @@ def test_export_onnx_runs_at_any_size_like_the_generator(tmp_path):
 def test_export_refuses_other_file_kinds(tmp_path):
     with pytest.raises(SystemExit, match='--export g.pth: name a .pt2 or an .onnx file'):
         cyclegan.main(['--export', 'g.pth'])
+
+def test_dtype_auto_is_decided_anew_on_the_machine_that_resumes(tmp_path):
+    train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path)
+    assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['args']['dtype'] == 'auto'
