@@ -994,6 +994,10 @@ def save_png(y, path):
     else:
         torchvision.utils.save_image(y, path)
 
+def input_channels(G):
+    """The channels a generator takes: its first convolution's."""
+    return next(p for p in G.parameters() if p.ndim == 4).shape[1]
+
 @torch.no_grad()
 def translate(args):
     """--translate: each image under the path, at its own size, through the generator; a PNG per
@@ -1001,7 +1005,7 @@ def translate(args):
     device = pick_device(args.device)
     G, multiple = inference_generator(args)
     G.to(device)
-    channels = next(p for p in G.parameters() if p.ndim == 4).shape[1]  # the first conv's
+    channels = input_channels(G)
     if channels not in (1, 3):
         sys.exit(f"error: {checkpoint_path(args)}: a generator of {channels}-channel images; "
                  f"--translate reads images as 1 (grayscale) or 3 (RGB) channels")
@@ -1057,7 +1061,7 @@ def export_generator(args):
         sys.exit(f"error: --export {args.export}: name a .pt2 or an .onnx file")
     G, multiple = inference_generator(args)
     G = G.eval().float().cpu()
-    channels = next(p for p in G.parameters() if p.ndim == 4).shape[1]  # the first conv's
+    channels = input_channels(G)
     smallest = max(multiple, 8) // multiple  # in multiples
     height = torch.export.Dim('height', min=smallest)
     width = torch.export.Dim('width', min=smallest)

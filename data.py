@@ -119,11 +119,11 @@ class Transform:
                             f"resize_and_crop")
 
     def __call__(self, imgs, rng, path='image'):
+        self.check_size(*imgs[0].size, path)  # (the start-up check may not have seen this file)
         w, h = self.resized(*imgs[0].size)
         if (w, h) != imgs[0].size:
             imgs = [im.resize((w, h), Image.BICUBIC) for im in imgs]
         if 'crop' in self.preprocess:
-            self.check_size(w, h, path)
             c = self.crop
             top, left = (h - c) // 2, (w - c) // 2
             if self.train:
