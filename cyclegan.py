@@ -14,7 +14,8 @@ official code's names; the paper calls G_A, G_B, D_A, D_B G, F, D_Y, D_X.
 Read top to bottom: config, networks, losses and the image pool, the training step, the
 training loop, inference and export, the benchmark, main.
 """
-import argparse, contextlib, functools, json, math, os, re, signal, statistics, sys, time
+import argparse, contextlib, functools, json, math, os, re, signal, statistics
+import sys, time, warnings, zipfile
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -77,7 +78,13 @@ def get_parser():
     a('--out_dir', default='out/cyclegan', help='new: checkpoint, samples and log.jsonl go here')
     a('--max_iters', type=int, default=None, help='new: stop after this many iterations')
     a('--eval_freq', type=int, default=1000,
-      help='new: iterations between evaluations against the built-in task\'s ground truth')
+      help='new: iterations between evaluations (the built-in task\'s ground truth; FID, KID)')
+    a('--eval_only', action='store_true',
+      help='new: evaluate --ckpt on the held-out images (testA, testB) and exit')
+    a('--fid_weights', default=os.environ.get('FID_WEIGHTS'), metavar='FILE',
+      help='new: FID and KID at each evaluation, and best.pt by FID: the FID Inception weights '
+           '(pt_inception-2015-12-05-6726825d.pth) or a .pt2 / TorchScript feature network; '
+           'default: $FID_WEIGHTS')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
     a('--ckpt', default=None,
       help='new: our checkpoint to resume from; it or an official generator .pth to translate')
@@ -107,7 +114,9 @@ SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=32, ndf=32, crop_size=64, loa
 SYNTHETIC_TASK = 'the built-in synthetic task (plain -> zebra-striped animals)'
 SCRIPT = 'cyclegan'
 NETWORKS = ['G_A', 'G_B', 'D_A', 'D_B']  # their names in the checkpoint and the official files
+# these must match to resume; eval_only takes EVAL_FLAGS from the checkpoint unless given
 ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'input_nc', 'output_nc']
+EVAL_FLAGS = ['direction', 'crop_size', 'input_nc', 'output_nc']
 FLAG_MINIMUM = dict(n_layers_D=1, ngf=1, ndf=1, batch_size=1, load_size=1, crop_size=1,
                     max_dataset_size=1, print_freq=1, display_freq=1, save_latest_freq=1,
                     eval_freq=1, lambda_A=0, lambda_B=0, lambda_identity=0, pool_size=0,
@@ -504,6 +513,11 @@ def check_writable(folder, flag):
     except OSError as e:
         sys.exit(f"error: {flag} {folder}: not writable ({e.strerror})")
 
+def best_path(ckpt_path):
+    """Where a run with --fid_weights keeps its checkpoint of the lowest FID: best.pt beside
+    ckpt.pt."""
+    return os.path.join(os.path.dirname(ckpt_path), 'best.pt')
+
 def checkpoint_path(args):
     return args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
 
@@ -586,9 +600,31 @@ def resume_args(args, given, path):
         sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
     return argparse.Namespace(**{**saved, 'max_iters': None, **given}), ckpt
 
+def make_held_out(args, channels):
+    """For FID and KID: every held-out image of domain A and of domain B once, with the
+    evaluation transform; two loaders by domain."""
+    if args.dataroot is None:
+        held = data.Synthetic(args.crop_size, paired=False, train=False, channels=channels)
+        sizes = dict(A=len(held), B=len(held))
+    else:
+        if not all(os.path.isdir(os.path.join(args.dataroot, 'test' + d)) for d in 'AB'):
+            sys.exit(f"error: --fid_weights: {args.dataroot} has no testA and testB to compute "
+                     f"FID on")
+        test_tf = data.Transform('resize_and_crop', crop_size=args.crop_size, train=False)
+        held = data.UnpairedFolders(args.dataroot, 'test', test_tf, serial=True,
+                                    channels=channels)
+        sizes = dict(A=len(held.A), B=len(held.B))
+    for key, size in sizes.items():
+        if size < 2:
+            sys.exit(f"error: --fid_weights: FID needs at least 2 held-out images of each "
+                     f"domain; {args.dataroot}/test{key} has {size}")
+    return {key: torch.utils.data.DataLoader(data.Domain(held, key, size), 16)
+            for key, size in sizes.items()}
+
 def make_data(args, rank, world):
     """The training loader, and held-out images with the evaluation transform: a loader with
-    ground truth (the synthetic task only) and four fixed samples for the grids."""
+    ground truth (the synthetic task only), one per domain for FID and KID (--fid_weights), and
+    four fixed samples for the grids."""
     channels = (args.input_nc, args.output_nc)  # of the dataset's A and B
     if args.direction == 'BtoA':
         channels = (args.output_nc, args.input_nc)
@@ -614,7 +650,10 @@ def make_data(args, rank, world):
     test_loader = None
     if args.dataroot is None:
         test_loader = torch.utils.data.DataLoader(test_set, 16)
-    return loader, test_loader, fixed
+    held_out = None
+    if args.fid_weights:
+        held_out = make_held_out(args, channels)
+    return loader, test_loader, held_out, fixed
 
 def build_model(args, device):
     """The four networks by name, the two modules the training step runs, and their optimizers."""
@@ -646,15 +685,15 @@ def diverged_message(what, step, path):
     return (f"error: the {what} became NaN or infinite at iteration {step}; {path} keeps the "
             f"last good state. Try a lower --lr or --dtype float32")
 
-def save_run(path, args, stateful, world, epoch, epoch_iter, step):
+def save_run(path, args, stateful, world, epoch, epoch_iter, step, best_fid=math.inf):
     """The checkpoint: everything needed to continue exactly (weights, optimizers and the rest of
-    `stateful`, the position in the data, the RNG states, the arguments). Weights that are not
-    finite never reach the disk."""
+    `stateful`, the position in the data, the RNG states, the arguments, the lowest FID so far).
+    Weights that are not finite never reach the disk."""
     for obj in stateful.values():
         if isinstance(obj, nn.Module) and not all(p.isfinite().all() for p in obj.parameters()):
             sys.exit(diverged_message('weights', step, path))
     ckpt = dict(script=SCRIPT, args=vars(args), epoch=epoch, epoch_iter=epoch_iter, step=step,
-                world_size=world, rng_cpu=torch.get_rng_state())
+                world_size=world, rng_cpu=torch.get_rng_state(), best_fid=best_fid)
     if torch.cuda.is_initialized():
         ckpt['rng_cuda'] = torch.cuda.get_rng_state()
     for name, obj in stateful.items():
@@ -698,13 +737,121 @@ def ssim(x, y, size=11, sigma=1.5):
     s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)
 
+def load_inception(path):
+    """The standard FID Inception network (torch-fidelity's, as torchmetrics runs it) with the
+    weights in path; its own resizing to 299x299, its 2048 pool features."""
+    load_file(path)  # weights only: torch-fidelity's own load would run any code in the file
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+        return NoTrainInceptionV3('inception-v3-compat', ['2048'], path, antialias=False)
+    except ModuleNotFoundError:
+        sys.exit("error: --fid_weights: the Inception weights need torch-fidelity: "
+                 "pip install torch-fidelity")
+    except RuntimeError as e:
+        sys.exit(f"error: --fid_weights {path}: not the FID Inception weights, a .pt2 export or "
+                 f"a TorchScript file ({first_line(e)})")
+
+def is_torchscript(path):
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('/constants.pkl') for name in archive.namelist())
+
+def load_feature_network(path):
+    """A feature network of one's own: a torch.export file (.pt2) or TorchScript."""
+    try:
+        if path.endswith('.pt2'):
+            return torch.export.load(path).module()
+        with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
+            warnings.simplefilter('ignore', FutureWarning)
+            return torch.jit.load(path, map_location='cpu')
+    except Exception as e:  # whatever the file holds instead
+        sys.exit(f"error: --fid_weights {path}: not a loadable feature network ({first_line(e)})")
+
+class FeatureNetwork:
+    """--fid_weights FILE: the network whose features FID and KID compare. Called on images in
+    [-1, 1] (any size, 1 or 3 channels), it rounds them to 8 bits as a saved PNG would, and
+    returns an (N, D) feature matrix. FILE is one of:
+    - the standard FID Inception weights, pt_inception-2015-12-05-6726825d.pth as pytorch-fid
+      and torch-fidelity download it (needs torchmetrics and torch-fidelity);
+    - a network exported with torch.export (.pt2), or a TorchScript file: it gets 299x299 RGB
+      in [-1, 1] and returns (N, D) features (needs torchmetrics).
+    Nothing is downloaded: without the file there is no FID."""
+    def __init__(self, path, device):
+        if not os.path.isfile(path):
+            sys.exit(f"error: --fid_weights {path}: no such file")
+        try:
+            import torchmetrics  # noqa: F401 (distances() needs it)
+        except ImportError:
+            sys.exit("error: --fid_weights needs torchmetrics: pip install torchmetrics")
+        self.inception = not path.endswith('.pt2') and not is_torchscript(path)
+        if self.inception:
+            self.net = load_inception(path)
+        else:
+            self.net = load_feature_network(path)
+        self.net.to(device)
+
+    @torch.no_grad()
+    def __call__(self, images):
+        levels = ((images.float() + 1) * 127.5).round().clamp(0, 255)
+        levels = levels.expand(-1, 3, -1, -1)  # grayscale as RGB
+        if self.inception:
+            return self.net(levels.to(torch.uint8)).float()
+        x = F.interpolate(levels / 127.5 - 1, size=(299, 299), mode='bilinear',
+                          align_corners=False)
+        return self.net(x).float()
+
+class PassFeatures(nn.Module):
+    """torchmetrics runs its `feature` module on what update() gets; these get features already
+    computed (once for both metrics), so the module passes them on."""
+    def __init__(self, num_features):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x):
+        return x
+
+def distances(real, fake):
+    """FID (Heusel et al. 2017, the Frechet distance of two Gaussians fitted to the features) and
+    KID (Binkowski et al. 2018, the unbiased MMD^2 with a cubic polynomial kernel, averaged over
+    100 subsets of up to 1000 images), both by torchmetrics, in float64. Lower is better. KID's
+    subsets come from a fixed seed, so the same features give the same KID and the training's
+    random stream is left untouched."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+    real, fake = real.cpu(), fake.cpu()
+    subset_size = min(1000, len(real), len(fake))
+    with warnings.catch_warnings():  # KID warns that it keeps every feature: a few MB here
+        warnings.simplefilter('ignore', UserWarning)
+        fid = FrechetInceptionDistance(PassFeatures(real.shape[1]))
+        kid = KernelInceptionDistance(PassFeatures(real.shape[1]), subset_size=subset_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for metric in (fid, kid):
+            metric.update(real, real=True)
+            metric.update(fake, real=False)
+        kid_mean, _ = kid.compute()
+        return dict(fid=fid.compute().item(), kid=kid_mean.item())
+
 @torch.no_grad()
-def evaluate(G_A, G_B, loader, device, a='A', b='B'):
-    """On held-out pairs with known ground truth: PSNR and SSIM of G_A(A) against the true B and
-    of G_B(B) against the true A, next to the identity baseline (the input against the truth)."""
+def fid_kid(features, G, inputs, targets, device):
+    """FID and KID of G's translations of the held-out inputs against the held-out targets (each
+    an iterable of image batches in [-1, 1]); G is in its test mode already."""
+    fake = torch.cat([features(G(x.to(device)).float()) for x in inputs])
+    real = torch.cat([features(y.to(device)) for y in targets])
+    return distances(real, fake)
+
+@torch.no_grad()
+def evaluate(G_A, G_B, loader, device, a='A', b='B', held_out=None, features=None):
+    """On held-out pairs with known ground truth (loader, the synthetic task): PSNR and SSIM of
+    G_A(A) against the true B and of G_B(B) against the true A, next to the identity baseline
+    (the input against the truth). With features (--fid_weights): FID and KID of G_A(A) against
+    the held-out B and of G_B(B) against the held-out A."""
     G_A.eval()
     G_B.eval()
     sums, n = {}, 0
+    if loader is None:  # no ground truth
+        loader = []
     for batch in loader:
         A, B = batch[a].to(device), batch[b].to(device)
         fake_B, fake_A = G_A(A).float(), G_B(B).float()
@@ -715,9 +862,14 @@ def evaluate(G_A, G_B, loader, device, a='A', b='B'):
         for name, v in scores.items():
             sums[name] = sums.get(name, 0) + v.sum().item()
         n += len(A)
+    scores = {k: v / n for k, v in sums.items()}
+    if features is not None:
+        for name, G, x, y in [('AtoB', G_A, a, b), ('BtoA', G_B, b, a)]:
+            for k, v in fid_kid(features, G, held_out[x], held_out[y], device).items():
+                scores[f"{k}_{name}"] = v
     G_A.train()
     G_B.train()
-    return {k: v / n for k, v in sums.items()}
+    return scores
 
 @torch.no_grad()
 def save_samples(G_A, G_B, A, B, path):
@@ -806,6 +958,12 @@ def train(args, given):
     elif os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
                  f"--out_dir (or --ckpt) to start a new one")
+    elif args.fid_weights and os.path.exists(best_path(ckpt_path)):
+        sys.exit(f"error: {best_path(ckpt_path)} exists (an earlier run's best checkpoint); give "
+                 f"another --out_dir (or --ckpt) to start a new run")
+    if args.fid_weights and best_path(ckpt_path) == ckpt_path:
+        sys.exit(f"error: --ckpt {ckpt_path}: with --fid_weights the run keeps best.pt there; "
+                 f"continue from a copy under another name")
     check_run(args)
     check_writable(args.out_dir, '--out_dir')  # on every process, before any waits for another
     ddp, rank, world, device, autocast, scaler = setup(args)
@@ -814,9 +972,13 @@ def train(args, given):
     if master:
         print(f"training on {describe_task(args)}")
         log = Log(args.out_dir, args.tensorboard)
+    features = None  # with --fid_weights, the network FID and KID compare images with
+    if master and args.fid_weights:
+        features = FeatureNetwork(args.fid_weights, device)
     # data; BtoA swaps the domains
-    loader, test_loader, fixed = make_data(args, rank, world)
+    loader, test_loader, held_out, fixed = make_data(args, rank, world)
     a, b = ('B', 'A') if args.direction == 'BtoA' else ('A', 'B')
+    has_eval_data = test_loader is not None or held_out is not None
     # networks, optimizers, image pools, and what the checkpoint keeps of them
     nets, G, D, opt_G, opt_D = build_model(args, device)
     pool_A, pool_B = ImagePool(args.pool_size), ImagePool(args.pool_size)
@@ -824,9 +986,10 @@ def train(args, given):
     if master:
         for name, net in nets.items():
             print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
-    epoch, epoch_iter, step = 0, 0, 0
+    epoch, epoch_iter, step, best_fid = 0, 0, 0, math.inf
     if ckpt is not None:
         epoch, epoch_iter, step = restore_run(ckpt, stateful, args, world, device)
+        best_fid = ckpt.get('best_fid', math.inf)
         if master:
             print(f"resumed {ckpt_path} at epoch {epoch + 1}, iteration {step}")
     G, D = distribute(G, D, args, ddp, device)
@@ -894,21 +1057,29 @@ def train(args, given):
         if master and due(step, args.display_freq, total):
             path = os.path.join(args.out_dir, f"samples_{step:07d}.png")
             save_samples(nets['G_A'], nets['G_B'], fixed[a].to(device), fixed[b].to(device), path)
-        # evaluation against the held-out ground truth
-        if master and test_loader is not None and due(step, args.eval_freq, total):
-            scores = evaluate(nets['G_A'], nets['G_B'], test_loader, device, a, b)
+        # evaluation against the held-out ground truth; FID and KID with --fid_weights
+        scores = {}
+        if master and has_eval_data and due(step, args.eval_freq, total):
+            scores = evaluate(nets['G_A'], nets['G_B'], test_loader, device, a, b, held_out,
+                              features)
             print(f"eval at iter {step}: {format_scores(scores)}")
             log.write(step, scores)
+        # the best checkpoint by FID (cyclegan: both directions summed), best.pt beside ckpt.pt
+        fids = [v for k, v in scores.items() if k.startswith('fid')]
+        if fids and sum(fids) < best_fid:
+            best_fid = sum(fids)
+            save_run(best_path(ckpt_path), args, stateful, world, epoch, epoch_iter, step,
+                     best_fid)
         # save: every save_latest_freq iterations, at the end, and when asked to stop
         if master and (due(step, args.save_latest_freq, total) or stopping):
-            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step, best_fid)
 
     if ddp:
         torch.distributed.destroy_process_group()
     if failed:  # rank 0 saves the last finished iteration; the process that met the file names it
         message = data_error or "a file broke on another process (its message names it)"
         if master:
-            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step, best_fid)
             message += (f"\nsaved {ckpt_path} at iteration {step}; fix or remove the file, "
                         f"then add --resume")
         sys.exit(f"error: {message}")
@@ -1035,6 +1206,40 @@ def translate(args):
     print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them side "
           f"by side)")
 
+def eval_only(args, given):
+    """--eval_only: the evaluation alone, of both generators of our checkpoint, with its
+    direction, size and channels unless given now: against the ground truth of the synthetic
+    task, and with --fid_weights FID and KID on testA and testB."""
+    device = pick_device(args.device)
+    path = checkpoint_path(args)
+    ckpt = load_checkpoint(path)
+    saved = argparse.Namespace(**{**vars(get_parser().parse_args([])), **ckpt['args']})
+    G_A = build_generator(saved, saved.input_nc, saved.output_nc)
+    G_B = build_generator(saved, saved.output_nc, saved.input_nc)
+    G_A = load_weights(G_A, ckpt['G_A'], path).to(device)
+    G_B = load_weights(G_B, ckpt['G_B'], path).to(device)
+    from_ckpt = {k: vars(saved)[k] for k in EVAL_FLAGS}
+    args = argparse.Namespace(**{**vars(args), **from_ckpt, **given})
+    a, b = ('B', 'A') if args.direction == 'BtoA' else ('A', 'B')
+    channels = (args.input_nc, args.output_nc)  # of the dataset's A and B
+    if args.direction == 'BtoA':
+        channels = (args.output_nc, args.input_nc)
+    test_loader, held_out, features = None, None, None
+    if args.dataroot is None:
+        test_set = data.Synthetic(args.crop_size, paired=False, train=False, channels=channels)
+        test_loader = torch.utils.data.DataLoader(test_set, 16)
+    if args.fid_weights:
+        held_out = make_held_out(args, channels)
+        features = FeatureNetwork(args.fid_weights, device)
+    if test_loader is None and held_out is None:
+        sys.exit(f"error: --eval_only on {args.dataroot} needs --fid_weights (FID and KID): "
+                 f"unpaired images have no ground truth to compare with")
+    scores = evaluate(G_A, G_B, test_loader, device, a, b, held_out, features)
+    print(format_scores(scores, digits=4))
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, 'log.jsonl'), 'a') as f:
+        f.write(json.dumps(dict(eval_only=path, **scores)) + '\n')
+
 def export_official(args):
     """--export_official: each network as a bare state_dict in latest_net_<name>.pth, as the
     official test script loads them."""
@@ -1142,6 +1347,8 @@ def main(argv=None):
     try:
         if args.translate:
             translate(args)
+        elif args.eval_only:
+            eval_only(args, given)
         elif args.export_official:
             export_official(args)
         elif args.export:

@@ -218,6 +218,20 @@ class PairedFolders(torch.utils.data.Dataset):
             return {'A': B, 'B': A}
         return {'A': A, 'B': B}
 
+class Domain(torch.utils.data.Dataset):
+    """One domain of a held-out dataset, each of its `size` images once: dataset[i][key]. With
+    UnpairedFolders(serial=True) and size len(dataset.A), that is every image of <phase>A."""
+    def __init__(self, dataset, key, size):
+        self.dataset = dataset
+        self.key = key
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        return self.dataset[i][self.key]
+
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffles with a per-epoch seed, gives each of `world` processes its own equal-length shard
     (wrapping around to pad), and can start part-way into an epoch to resume exactly."""

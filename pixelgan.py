@@ -14,7 +14,8 @@ pixel.
 Read top to bottom: config, networks, losses, the training step, the training loop, inference
 and export, the benchmark, main.
 """
-import argparse, contextlib, copy, functools, json, math, os, re, signal, statistics, sys, time
+import argparse, contextlib, copy, functools, json, math, os, re, signal
+import statistics, sys, time, warnings, zipfile
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -79,6 +80,10 @@ def get_parser():
     a('--eval_freq', type=int, default=1000,
       help='new: iterations between evaluations on the test split')
     a('--eval_only', action='store_true', help='new: evaluate --ckpt on the test split and exit')
+    a('--fid_weights', default=os.environ.get('FID_WEIGHTS'), metavar='FILE',
+      help='new: FID and KID at each evaluation, and best.pt by FID: the FID Inception weights '
+           '(pt_inception-2015-12-05-6726825d.pth) or a .pt2 / TorchScript feature network; '
+           'default: $FID_WEIGHTS')
     a('--test_train_mode', action='store_true',
       help='new: keep dropout and batch statistics on at test time, as the paper does')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
@@ -166,22 +171,24 @@ class ReflectionPad2d(nn.ReflectionPad2d):
 
 class UnetBlock(nn.Module):
     """One level of the U-Net: downsample, the inner levels, upsample, and a skip connection that
-    concatenates this level's input to its output. Built from the innermost level outwards."""
-    def __init__(self, outer_nc, inner_nc, in_nc=None, inner=None, norm='batch', dropout=False):
+    concatenates this level's input to its output. Built from the innermost level outwards.
+    conv and upconv are the layer classes: nn.Conv2d and nn.ConvTranspose2d, or subclasses."""
+    def __init__(self, outer_nc, inner_nc, in_nc=None, inner=None, norm='batch', dropout=False,
+                 conv=nn.Conv2d, upconv=nn.ConvTranspose2d):
         super().__init__()
         bias = norm == 'instance'
-        down = nn.Conv2d(in_nc or outer_nc, inner_nc, 4, 2, 1, bias=bias)
+        down = conv(in_nc or outer_nc, inner_nc, 4, 2, 1, bias=bias)
         self.outermost = in_nc is not None
         if self.outermost:
             layers = [down, inner, nn.ReLU(True),
-                      nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1), nn.Tanh()]
+                      upconv(2 * inner_nc, outer_nc, 4, 2, 1), nn.Tanh()]
         elif inner is None:  # innermost: no norm at the 1x1 bottleneck
             layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True),
-                      nn.ConvTranspose2d(inner_nc, outer_nc, 4, 2, 1, bias=bias),
+                      upconv(inner_nc, outer_nc, 4, 2, 1, bias=bias),
                       norm_layer(norm, outer_nc)]
         else:
             layers = [nn.LeakyReLU(0.2, True), down, norm_layer(norm, inner_nc), inner,
-                      nn.ReLU(True), nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias),
+                      nn.ReLU(True), upconv(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias),
                       norm_layer(norm, outer_nc)]
             if dropout:
                 layers += [nn.Dropout(0.5)]
@@ -197,14 +204,16 @@ class UnetBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """U-Net with num_downs downsamplings (8 for 256x256 inputs): widths 64-128-256-512-512-...,
     dropout 0.5 in the inner 512-wide levels (the generator's only noise, section 3.2)."""
-    def __init__(self, in_nc=3, out_nc=3, num_downs=8, ngf=64, norm='batch', dropout=True):
+    def __init__(self, in_nc=3, out_nc=3, num_downs=8, ngf=64, norm='batch', dropout=True,
+                 conv=nn.Conv2d, upconv=nn.ConvTranspose2d):
         super().__init__()
-        block = UnetBlock(ngf * 8, ngf * 8, norm=norm)
+        layers = dict(norm=norm, conv=conv, upconv=upconv)
+        block = UnetBlock(ngf * 8, ngf * 8, **layers)
         for _ in range(num_downs - 5):
-            block = UnetBlock(ngf * 8, ngf * 8, inner=block, norm=norm, dropout=dropout)
+            block = UnetBlock(ngf * 8, ngf * 8, inner=block, dropout=dropout, **layers)
         for mult in (4, 2, 1):
-            block = UnetBlock(ngf * mult, ngf * mult * 2, inner=block, norm=norm)
-        self.model = UnetBlock(out_nc, ngf, in_nc=in_nc, inner=block, norm=norm)
+            block = UnetBlock(ngf * mult, ngf * mult * 2, inner=block, **layers)
+        self.model = UnetBlock(out_nc, ngf, in_nc=in_nc, inner=block, **layers)
 
     def forward(self, x):
         return self.model(x)
@@ -279,6 +288,71 @@ class PixelDiscriminator(nn.Module):
     def forward(self, x):
         return self.net(x)
 
+# The U-Net's small inner levels, faster on the CPU. At batch 1 and 256 px they work on 1x1 to
+# 16x16 pixels with up to 8M weights each, and there oneDNN's convolution kernels take 2-4x
+# longer than the same arithmetic as one matrix product: the 1024->512 transposed convolution at
+# 4x4 pixels, forward and backward, takes 43.7 ms in bfloat16 and 13.8 ms as a matrix product
+# (2 Xeon cores; every level's times are in the README). At 4x4 pixels and below a layer is all
+# weight traffic, and float32 skips the bfloat16 copies of the weights and of their gradients:
+# 2.9 ms against 4.2 ms for the 512->512 convolution at 2x2 pixels. Larger inputs and other
+# devices keep oneDNN's (or cuDNN's, MPS's) kernels. The values are the plain layer's to float
+# rounding; a test compares values and gradients.
+MATMUL_MAX_PIXELS = 16 * 16  # above it oneDNN's own kernels were as fast or faster
+FLOAT32_MAX_PIXELS = 4 * 4  # at 4x4 both took the same time; the whole step was 1-3% faster
+
+def runs_as_matmul(layer, x):
+    """Whether layer runs as a matrix product on x: small inputs on the CPU, plain layers only."""
+    small = x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS
+    plain = layer.groups == 1 and layer.padding_mode == 'zeros'
+    return x.device.type == 'cpu' and small and plain
+
+def matmul(weight, cols, x):
+    """weight @ cols for each image of the batch, as one matrix product with the images' columns
+    side by side (a view at batch 1). weight @ cols itself would broadcast the weight to a batch
+    and copy it: 32 MB per call for the 1024->512 levels, half the U-Net's forward time. In
+    float32 where x is tiny (see above), else in the autocast dtype."""
+    side_by_side = cols.transpose(0, 1).flatten(1)  # (K, N * L)
+    if x.shape[-2] * x.shape[-1] > FLOAT32_MAX_PIXELS:
+        y = weight @ side_by_side
+    else:
+        with torch.autocast('cpu', enabled=False):
+            y = weight @ side_by_side.float()
+    return y.unflatten(1, (len(cols), -1)).transpose(0, 1)  # (N, M, L)
+
+def add_bias(y, bias):
+    if bias is None:
+        return y
+    return y + bias.to(y.dtype)[:, None, None]
+
+class MatmulConv2d(nn.Conv2d):
+    """nn.Conv2d with the same parameters and state_dict keys. On small CPU inputs it runs as
+    the weight matrix times the unfolded input patches (im2col)."""
+    def forward(self, x):
+        if not runs_as_matmul(self, x):
+            return super().forward(x)
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        h, w = x.shape[-2:]
+        cols = F.unfold(x, k, d, p, s)  # (N, in_channels * kh * kw, out_h * out_w)
+        y = matmul(self.weight.flatten(1), cols, x)
+        out_h = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+        out_w = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+        return add_bias(y.unflatten(-1, (out_h, out_w)), self.bias)
+
+class MatmulConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with the same parameters and state_dict keys. On small CPU inputs it
+    runs as the transposed weight matrix times the input, whose columns are then summed into
+    the output's overlapping patches (col2im, F.fold): the adjoint of MatmulConv2d."""
+    def forward(self, x, output_size=None):
+        if output_size is not None or not runs_as_matmul(self, x):
+            return super().forward(x, output_size)
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        h, w = x.shape[-2:]
+        extra = self.output_padding
+        cols = matmul(self.weight.flatten(1).t(), x.flatten(2), x)
+        out_h = (h - 1) * s[0] - 2 * p[0] + d[0] * (k[0] - 1) + extra[0] + 1
+        out_w = (w - 1) * s[1] - 2 * p[1] + d[1] * (k[1] - 1) + extra[1] + 1
+        return add_bias(F.fold(cols, (out_h, out_w), k, d, p, s), self.bias)
+
 def init_weights(net, init_type='normal', gain=0.02):
     """The official init: conv weights N(0, gain) (or xavier, kaiming, orthogonal), biases 0;
     batch norm weights N(1, gain), biases 0."""
@@ -299,15 +373,18 @@ def init_weights(net, init_type='normal', gain=0.02):
             nn.init.zeros_(m.bias)
     return net
 
-def make_generator(netG, in_nc, out_nc, ngf, norm, dropout):
+def make_generator(netG, in_nc, out_nc, ngf, norm, dropout, conv=nn.Conv2d,
+                   upconv=nn.ConvTranspose2d):
     if netG.startswith('unet'):
-        return UnetGenerator(in_nc, out_nc, 8 if netG == 'unet_256' else 7, ngf, norm, dropout)
+        num_downs = 8 if netG == 'unet_256' else 7
+        return UnetGenerator(in_nc, out_nc, num_downs, ngf, norm, dropout, conv, upconv)
     n_blocks = 9 if netG == 'resnet_9blocks' else 6
     return ResnetGenerator(in_nc, out_nc, ngf, norm, n_blocks, dropout)
 
 def build_generator(args):
+    """For training: a U-Net gets the matrix-product layers above (same weights and keys)."""
     G = make_generator(args.netG, args.input_nc, args.output_nc, args.ngf, args.norm,
-                       not args.no_dropout)
+                       not args.no_dropout, MatmulConv2d, MatmulConvTranspose2d)
     return init_weights(G, args.init_type, args.init_gain)
 
 def build_discriminator(args):
@@ -483,6 +560,11 @@ def check_writable(folder, flag):
     except OSError as e:
         sys.exit(f"error: {flag} {folder}: not writable ({e.strerror})")
 
+def best_path(ckpt_path):
+    """Where a run with --fid_weights keeps its checkpoint of the lowest FID: best.pt beside
+    ckpt.pt."""
+    return os.path.join(os.path.dirname(ckpt_path), 'best.pt')
+
 def checkpoint_path(args):
     return args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
 
@@ -579,6 +661,17 @@ def make_test_set(args):
             return data.PairedFolders(args.dataroot, phase, tf, args.direction, channels=channels)
     return None
 
+def check_fid_data(args, test_set):
+    """FID and KID compare distributions: they need a test split of at least two pairs."""
+    if not args.fid_weights:
+        return
+    if test_set is None:
+        sys.exit(f"error: --fid_weights: {args.dataroot} has no test or val split (test/, val/, "
+                 f"A/test or A/val) to compute FID on")
+    if len(test_set) < 2:
+        sys.exit(f"error: --fid_weights: FID needs at least 2 held-out pairs; {args.dataroot} "
+                 f"has {len(test_set)}")
+
 def make_data(args, rank, world):
     """The training loader, a loader of held-out pairs (None without a test or val split), and
     four fixed pairs for the grids (held-out where there are any)."""
@@ -601,6 +694,7 @@ def make_data(args, rank, world):
     test_loader = None
     if test_set is not None:
         test_loader = torch.utils.data.DataLoader(test_set, 16 if same_size else 1)
+    check_fid_data(args, test_set)
     shown = test_set if test_set is not None else train_set
     fixed = next(iter(torch.utils.data.DataLoader(shown, 4 if same_size else 1)))
     return loader, test_loader, fixed
@@ -633,15 +727,15 @@ def diverged_message(what, step, path):
     return (f"error: the {what} became NaN or infinite at iteration {step}; {path} keeps the "
             f"last good state. Try a lower --lr or --dtype float32")
 
-def save_run(path, args, stateful, world, epoch, epoch_iter, step):
+def save_run(path, args, stateful, world, epoch, epoch_iter, step, best_fid=math.inf):
     """The checkpoint: everything needed to continue exactly (weights, optimizers and the rest of
-    `stateful`, the position in the data, the RNG states, the arguments). Weights that are not
-    finite never reach the disk."""
+    `stateful`, the position in the data, the RNG states, the arguments, the lowest FID so far).
+    Weights that are not finite never reach the disk."""
     for obj in stateful.values():
         if isinstance(obj, nn.Module) and not all(p.isfinite().all() for p in obj.parameters()):
             sys.exit(diverged_message('weights', step, path))
     ckpt = dict(script=SCRIPT, args=vars(args), epoch=epoch, epoch_iter=epoch_iter, step=step,
-                world_size=world, rng_cpu=torch.get_rng_state())
+                world_size=world, rng_cpu=torch.get_rng_state(), best_fid=best_fid)
     if torch.cuda.is_initialized():
         ckpt['rng_cuda'] = torch.cuda.get_rng_state()
     for name, obj in stateful.items():
@@ -685,6 +779,102 @@ def ssim(x, y, size=11, sigma=1.5):
     s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)
 
+def load_inception(path):
+    """The standard FID Inception network (torch-fidelity's, as torchmetrics runs it) with the
+    weights in path; its own resizing to 299x299, its 2048 pool features."""
+    load_file(path)  # weights only: torch-fidelity's own load would run any code in the file
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+        return NoTrainInceptionV3('inception-v3-compat', ['2048'], path, antialias=False)
+    except ModuleNotFoundError:
+        sys.exit("error: --fid_weights: the Inception weights need torch-fidelity: "
+                 "pip install torch-fidelity")
+    except RuntimeError as e:
+        sys.exit(f"error: --fid_weights {path}: not the FID Inception weights, a .pt2 export or "
+                 f"a TorchScript file ({first_line(e)})")
+
+def is_torchscript(path):
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('/constants.pkl') for name in archive.namelist())
+
+def load_feature_network(path):
+    """A feature network of one's own: a torch.export file (.pt2) or TorchScript."""
+    try:
+        if path.endswith('.pt2'):
+            return torch.export.load(path).module()
+        with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
+            warnings.simplefilter('ignore', FutureWarning)
+            return torch.jit.load(path, map_location='cpu')
+    except Exception as e:  # whatever the file holds instead
+        sys.exit(f"error: --fid_weights {path}: not a loadable feature network ({first_line(e)})")
+
+class FeatureNetwork:
+    """--fid_weights FILE: the network whose features FID and KID compare. Called on images in
+    [-1, 1] (any size, 1 or 3 channels), it rounds them to 8 bits as a saved PNG would, and
+    returns an (N, D) feature matrix. FILE is one of:
+    - the standard FID Inception weights, pt_inception-2015-12-05-6726825d.pth as pytorch-fid
+      and torch-fidelity download it (needs torchmetrics and torch-fidelity);
+    - a network exported with torch.export (.pt2), or a TorchScript file: it gets 299x299 RGB
+      in [-1, 1] and returns (N, D) features (needs torchmetrics).
+    Nothing is downloaded: without the file there is no FID."""
+    def __init__(self, path, device):
+        if not os.path.isfile(path):
+            sys.exit(f"error: --fid_weights {path}: no such file")
+        try:
+            import torchmetrics  # noqa: F401 (distances() needs it)
+        except ImportError:
+            sys.exit("error: --fid_weights needs torchmetrics: pip install torchmetrics")
+        self.inception = not path.endswith('.pt2') and not is_torchscript(path)
+        if self.inception:
+            self.net = load_inception(path)
+        else:
+            self.net = load_feature_network(path)
+        self.net.to(device)
+
+    @torch.no_grad()
+    def __call__(self, images):
+        levels = ((images.float() + 1) * 127.5).round().clamp(0, 255)
+        levels = levels.expand(-1, 3, -1, -1)  # grayscale as RGB
+        if self.inception:
+            return self.net(levels.to(torch.uint8)).float()
+        x = F.interpolate(levels / 127.5 - 1, size=(299, 299), mode='bilinear',
+                          align_corners=False)
+        return self.net(x).float()
+
+class PassFeatures(nn.Module):
+    """torchmetrics runs its `feature` module on what update() gets; these get features already
+    computed (once for both metrics), so the module passes them on."""
+    def __init__(self, num_features):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x):
+        return x
+
+def distances(real, fake):
+    """FID (Heusel et al. 2017, the Frechet distance of two Gaussians fitted to the features) and
+    KID (Binkowski et al. 2018, the unbiased MMD^2 with a cubic polynomial kernel, averaged over
+    100 subsets of up to 1000 images), both by torchmetrics, in float64. Lower is better. KID's
+    subsets come from a fixed seed, so the same features give the same KID and the training's
+    random stream is left untouched."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+    real, fake = real.cpu(), fake.cpu()
+    subset_size = min(1000, len(real), len(fake))
+    with warnings.catch_warnings():  # KID warns that it keeps every feature: a few MB here
+        warnings.simplefilter('ignore', UserWarning)
+        fid = FrechetInceptionDistance(PassFeatures(real.shape[1]))
+        kid = KernelInceptionDistance(PassFeatures(real.shape[1]), subset_size=subset_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for metric in (fid, kid):
+            metric.update(real, real=True)
+            metric.update(fake, real=False)
+        kid_mean, _ = kid.compute()
+        return dict(fid=fid.compute().item(), kid=kid_mean.item())
+
 @contextlib.contextmanager
 def test_mode(G, train_mode):
     """Yields the generator to test with: G in eval mode (deterministic: no dropout, running batch
@@ -700,9 +890,11 @@ def test_mode(G, train_mode):
     G.train(was_training)
 
 @torch.no_grad()
-def evaluate(G, loader, device, train_mode=False):
-    """Mean L1, PSNR and SSIM of G(A) against the true B, next to the untranslated input's."""
+def evaluate(G, loader, device, train_mode=False, features=None):
+    """Mean L1, PSNR and SSIM of G(A) against the true B, next to the untranslated input's; with
+    features (--fid_weights), FID and KID of G(A) against the real B."""
     sums, n = {}, 0
+    reals, fakes = [], []  # features, for FID and KID
     with test_mode(G, train_mode) as G_test:
         for batch in loader:
             A, B = batch['A'].to(device), batch['B'].to(device)
@@ -715,7 +907,13 @@ def evaluate(G, loader, device, train_mode=False):
             for name, v in scores.items():
                 sums[name] = sums.get(name, 0) + v.sum().item()
             n += len(A)
-    return {k: v / n for k, v in sums.items()}
+            if features is not None:
+                reals.append(features(B))
+                fakes.append(features(fake_B))
+    scores = {k: v / n for k, v in sums.items()}
+    if features is not None:
+        scores.update(distances(torch.cat(reals), torch.cat(fakes)))
+    return scores
 
 @torch.no_grad()
 def save_samples(G, A, B, path, train_mode=False):
@@ -800,6 +998,12 @@ def train(args, given):
     elif os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
                  f"--out_dir (or --ckpt) to start a new one")
+    elif args.fid_weights and os.path.exists(best_path(ckpt_path)):
+        sys.exit(f"error: {best_path(ckpt_path)} exists (an earlier run's best checkpoint); give "
+                 f"another --out_dir (or --ckpt) to start a new run")
+    if args.fid_weights and best_path(ckpt_path) == ckpt_path:
+        sys.exit(f"error: --ckpt {ckpt_path}: with --fid_weights the run keeps best.pt there; "
+                 f"continue from a copy under another name")
     check_run(args)
     check_writable(args.out_dir, '--out_dir')  # on every process, before any waits for another
     ddp, rank, world, device, autocast, scaler = setup(args)
@@ -808,6 +1012,9 @@ def train(args, given):
     if master:
         print(f"training on {describe_task(args)}")
         log = Log(args.out_dir, args.tensorboard)
+    features = None  # with --fid_weights, the network FID and KID compare images with
+    if master and args.fid_weights:
+        features = FeatureNetwork(args.fid_weights, device)
     # data (the dataset applies --direction)
     loader, test_loader, fixed = make_data(args, rank, world)
     # networks, optimizers, and what the checkpoint keeps of them
@@ -816,9 +1023,10 @@ def train(args, given):
     if master:
         for name, net in nets.items():
             print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
-    epoch, epoch_iter, step = 0, 0, 0
+    epoch, epoch_iter, step, best_fid = 0, 0, 0, math.inf
     if ckpt is not None:
         epoch, epoch_iter, step = restore_run(ckpt, stateful, args, world, device)
+        best_fid = ckpt.get('best_fid', math.inf)
         if master:
             print(f"resumed {ckpt_path} at epoch {epoch + 1}, iteration {step}")
     G, D_loss = distribute(G, D_loss, args, ddp, device)
@@ -886,21 +1094,28 @@ def train(args, given):
             path = os.path.join(args.out_dir, f"samples_{step:07d}.png")
             save_samples(nets['G'], fixed['A'].to(device), fixed['B'].to(device), path,
                          args.test_train_mode)
-        # evaluation against the held-out ground truth
+        # evaluation against the held-out ground truth; FID and KID with --fid_weights
+        scores = {}
         if master and test_loader is not None and due(step, args.eval_freq, total):
-            scores = evaluate(nets['G'], test_loader, device, args.test_train_mode)
+            scores = evaluate(nets['G'], test_loader, device, args.test_train_mode, features)
             print(f"eval at iter {step}: {format_scores(scores)}")
             log.write(step, scores)
+        # the best checkpoint by FID (cyclegan: both directions summed), best.pt beside ckpt.pt
+        fids = [v for k, v in scores.items() if k.startswith('fid')]
+        if fids and sum(fids) < best_fid:
+            best_fid = sum(fids)
+            save_run(best_path(ckpt_path), args, stateful, world, epoch, epoch_iter, step,
+                     best_fid)
         # save: every save_latest_freq iterations, at the end, and when asked to stop
         if master and (due(step, args.save_latest_freq, total) or stopping):
-            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step, best_fid)
 
     if ddp:
         torch.distributed.destroy_process_group()
     if failed:  # rank 0 saves the last finished iteration; the process that met the file names it
         message = data_error or "a file broke on another process (its message names it)"
         if master:
-            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step)
+            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step, best_fid)
             message += (f"\nsaved {ckpt_path} at iteration {step}; fix or remove the file, "
                         f"then add --resume")
         sys.exit(f"error: {message}")
@@ -1045,8 +1260,12 @@ def eval_only(args, given):
     test_set = make_test_set(args)
     if test_set is None:
         sys.exit(f"error: {args.dataroot}: no test or val split (test/, val/, A/test or A/val)")
+    check_fid_data(args, test_set)
+    features = None
+    if args.fid_weights:
+        features = FeatureNetwork(args.fid_weights, device)
     loader = torch.utils.data.DataLoader(test_set, 16)
-    scores = evaluate(G.to(device), loader, device, args.test_train_mode)
+    scores = evaluate(G.to(device), loader, device, args.test_train_mode, features)
     print(format_scores(scores, digits=4))
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, 'log.jsonl'), 'a') as f:

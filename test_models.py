@@ -1,6 +1,6 @@
 """The specification of cyclegan.py, pixelgan.py and data.py, as tests. Small sizes and widths keep
 the whole file to a few minutes on two CPU cores."""
-import ast, contextlib, copy, functools, inspect, io, json, os, pickle, subprocess, sys, tokenize
+import ast, contextlib, copy, functools, importlib.util, inspect, io, json, os, pickle, subprocess, sys, tokenize
 import numpy as np
 import pytest
 import torch
@@ -558,6 +558,51 @@ def test_unet_generator_computes_what_the_official_one_does():
     with torch.no_grad():
         torch.testing.assert_close(G.eval()(x), official_unet_forward(sd, x, 7), rtol=1e-4, atol=1e-5)
 
+@pytest.mark.parametrize('size', [1, 2, 3, 4, 8, 16, 32])
+@pytest.mark.parametrize('plain, fast', [(torch.nn.Conv2d, pixelgan.MatmulConv2d),
+                                         (torch.nn.ConvTranspose2d, pixelgan.MatmulConvTranspose2d)])
+@pytest.mark.parametrize('bias', [False, True])
+def test_the_cpu_matmul_layers_compute_the_plain_layers_values_and_gradients(plain, fast, size, bias):
+    """The U-Net's faster CPU layers: same parameters, same keys, same values and gradients (float32),
+    at the sizes that run as a matrix product and at one (32x32) that runs the plain kernel."""
+    if plain is torch.nn.Conv2d and size < 2:
+        pytest.skip('a 4x4 stride-2 convolution needs at least 2x2 pixels')
+    torch.manual_seed(0)
+    ref = plain(6, 5, 4, 2, 1, bias=bias)
+    layer = fast(6, 5, 4, 2, 1, bias=bias)
+    layer.load_state_dict(ref.state_dict())
+    assert list(layer.state_dict()) == list(ref.state_dict())
+    x = torch.randn(3, 6, size, size)
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_fast = ref(x_ref), layer(x_fast)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_fast.backward(grad)
+    assert y_fast.dtype == y_ref.dtype
+    # 1e-5 of each tensor's largest value: a weight gradient sums 3 * size**2 products
+    compared = [(y_fast, y_ref), (x_fast.grad, x_ref.grad), (layer.weight.grad, ref.weight.grad)]
+    if bias:
+        compared.append((layer.bias.grad, ref.bias.grad))
+    for fast_value, plain_value in compared:
+        scale = plain_value.abs().max().item()
+        torch.testing.assert_close(fast_value, plain_value, rtol=1e-5, atol=1e-5 * scale)
+
+def test_the_training_unet_is_the_official_network_with_faster_cpu_layers():
+    """build_generator gives the same keys and, from the same weights, the same outputs as the
+    plain U-Net (under bfloat16 autocast too, to bfloat16 rounding)."""
+    args, _ = pixelgan.parse_args(['--netG', 'unet_128', '--ngf', '4', '--norm', 'instance', '--no_dropout'])
+    G = pixelgan.build_generator(args)
+    plain = pixelgan.UnetGenerator(num_downs=7, ngf=4, norm='instance', dropout=False)
+    plain.load_state_dict(G.state_dict())
+    assert list(plain.state_dict()) == list(G.state_dict())
+    assert {type(m) for m in G.modules()} >= {pixelgan.MatmulConv2d, pixelgan.MatmulConvTranspose2d}
+    assert not {type(m) for m in plain.modules()} & {pixelgan.MatmulConv2d, pixelgan.MatmulConvTranspose2d}
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(G(x), plain(x), rtol=1e-4, atol=1e-5)
+        with torch.autocast('cpu', torch.bfloat16):
+            torch.testing.assert_close(G(x).float(), plain(x).float(), rtol=0.05, atol=0.05)
+
 # -----------------------------------------------------------------------------
 # data parallelism: two CPU processes with gloo, as torch.multiprocessing / torchrun launch them
 
@@ -883,7 +928,7 @@ def test_an_image_too_small_for_the_crop_is_named_when_met_in_training(tmp_path)
 
 MODEL_SPECIFIC = ['get_parser', 'build_generator', 'build_discriminator', 'train_step', 'make_data',
                   'build_model', 'evaluate', 'save_samples', 'train', 'generator_from_file',
-                  'inference_generator', 'benchmark', 'main', 'check_run']
+                  'inference_generator', 'benchmark', 'check_run', 'eval_only']
 
 def definitions(module):
     """A script's top-level functions and classes, in the order of the file."""
@@ -894,7 +939,8 @@ def test_what_both_scripts_share_is_the_same_source_in_the_same_order():
     in_both = [n for n in definitions(cyclegan) if n in definitions(pixelgan)]
     shared = [n for n in in_both if n not in MODEL_SPECIFIC]
     assert {'save_checkpoint', 'load_file', 'resume_args', 'setup', 'save_run', 'restore_run', 'psnr', 'ssim',
-            'Log', 'StopRequest', 'translate', 'export_official', 'report_speed', 'ResnetGenerator'} <= set(shared)
+            'Log', 'StopRequest', 'translate', 'export_official', 'report_speed', 'ResnetGenerator',
+            'FeatureNetwork', 'distances', 'best_path'} <= set(shared)
     assert shared == [n for n in definitions(pixelgan) if n in shared]  # the same order in both
     for name in shared:
         assert inspect.getsource(getattr(cyclegan, name)) == inspect.getsource(getattr(pixelgan, name)), name
@@ -916,12 +962,12 @@ def test_one_statement_per_line_and_lines_of_at_most_100_characters(script):
 @pytest.mark.parametrize('module', [cyclegan, pixelgan])
 def test_the_training_loop_is_flat(module):
     """train() defines no inner functions, and its loop (the one that calls train_step) is a flat
-    sequence of phases: at most 60 lines, blocks at most four deep."""
+    sequence of phases: at most 70 lines, blocks at most four deep."""
     fn = ast.parse(inspect.getsource(module.train)).body[0]
     assert not [n for n in ast.walk(fn) if isinstance(n, (ast.FunctionDef, ast.Lambda)) and n is not fn]
     loops = [n for n in ast.walk(fn) if isinstance(n, (ast.For, ast.While))
              and any(isinstance(c, ast.Call) and getattr(c.func, 'id', '') == 'train_step' for c in ast.walk(n))]
-    assert len(loops) == 1 and loops[0].end_lineno - loops[0].lineno + 1 <= 60
+    assert len(loops) == 1 and loops[0].end_lineno - loops[0].lineno + 1 <= 70
     def depth(node):
         blocks = (ast.For, ast.While, ast.If, ast.With, ast.Try)
         inner = [depth(c) for c in ast.iter_child_nodes(node)]
@@ -970,6 +1016,8 @@ def make_catalogue_files(tmp):
     sd['model.99.weight'] = torch.zeros(1, 1, 1, 1)
     torch.save(sd, tmp / 'wrong_keys.pth')
 
+HAS_TORCHMETRICS = importlib.util.find_spec('torchmetrics') is not None
+
 CATALOGUE = [  # (script, command line, what the one line says, files that must stay as they were)
     ('cyclegan', '--out_dir {t}/run', '{t}/run/ckpt.pt exists; continue that run with --resume', ['run/ckpt.pt']),
     ('cyclegan', '--ckpt {t}/pretrained.pth', 'pretrained.pth exists; continue', ['pretrained.pth']),
@@ -988,6 +1036,9 @@ CATALOGUE = [  # (script, command line, what the one line says, files that must 
     ('cyclegan', '--input_nc 1', '--lambda_identity needs --input_nc = --output_nc', []),
     pytest.param('pixelgan', '--device cuda', '--device cuda: not present on this machine (present: cpu)', [],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')),
+    ('pixelgan', '--fid_weights {t}/nothing.pt', '--fid_weights {t}/nothing.pt: no such file', []),
+    pytest.param('cyclegan', '--fid_weights {t}/empty.pt', 'empty.pt: not a loadable weights file', ['empty.pt'],
+                 marks=pytest.mark.skipif(not HAS_TORCHMETRICS, reason='optional extra: pip install torchmetrics')),
 ]
 
 @pytest.mark.parametrize('script, command, says, unchanged', CATALOGUE)
@@ -1145,3 +1196,139 @@ def test_export_refuses_other_file_kinds(tmp_path):
 def test_dtype_auto_is_decided_anew_on_the_machine_that_resumes(tmp_path):
     train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path)
     assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['args']['dtype'] == 'auto'
+
+# -----------------------------------------------------------------------------
+# FID and KID (optional extra: torchmetrics; the standard Inception weights also need torch-fidelity)
+
+class StandInFeatures(torch.nn.Module):
+    """A small stand-in for the Inception network: 2x2 cell means and per-channel deviations."""
+    def forward(self, x):
+        return torch.cat([F.adaptive_avg_pool2d(x, 2).flatten(1), x.std((2, 3))], 1)
+
+def stand_in_file(path):
+    """The stand-in as TorchScript (.pt) or torch.export (.pt2), the two formats --fid_weights takes."""
+    if str(path).endswith('.pt2'):
+        batch = torch.export.Dim('batch', min=2)
+        ep = torch.export.export(StandInFeatures(), (torch.zeros(4, 3, 299, 299),), dynamic_shapes=({0: batch},))
+        torch.export.save(ep, str(path))
+    else:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            torch.jit.save(torch.jit.script(StandInFeatures()), str(path))
+    return path
+
+def reference_fid_kid(real, fake):
+    """FID and KID written out in numpy (float64): FID = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2);
+    KID = the unbiased MMD^2 of the kernel (x.y / d + 1)^3 over all samples (equal counts)."""
+    real, fake = real.double().numpy(), fake.double().numpy()
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum()
+    fid = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross
+    m, d = len(real), real.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1) ** 3
+    kxx, kyy, kxy = k(real, real), k(fake, fake), k(real, fake)
+    kid = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.sum() / m ** 2
+    return fid, kid
+
+def test_fid_of_two_gaussians_is_the_closed_form():
+    """Features with exact sample moments: N(0, 1 I) against N(mu, 4 I) in 3 dimensions, |mu|^2 = 9:
+    FID = |mu|^2 + d (sigma1 - sigma2)^2 = 9 + 3 = 12; a set against itself: 0. (KID, an unbiased
+    estimate, can go below 0: its reference check is the next test.)"""
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
+    signs = torch.cat([torch.eye(3), -torch.eye(3)])  # 6 points: mean 0, covariance 2/5 I (n - 1 = 5)
+    real = signs * (5 / 2) ** 0.5  # covariance I
+    fake = torch.tensor([1.0, 2.0, 2.0]) + signs * 10 ** 0.5  # covariance 4 I
+    for module in (cyclegan, pixelgan):
+        assert module.distances(real, fake)['fid'] == pytest.approx(12, rel=1e-6)
+        assert module.distances(real, real)['fid'] == pytest.approx(0, abs=1e-6)
+
+def test_fid_and_kid_agree_with_a_reference_on_the_same_features():
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(40, 8, generator=gen)
+    fake = 0.5 + 1.5 * torch.randn(40, 8, generator=gen) @ torch.randn(8, 8, generator=gen) / 3
+    fid, kid = reference_fid_kid(real, fake)
+    ours = pixelgan.distances(real, fake)
+    assert ours['fid'] == pytest.approx(fid, rel=1e-3)
+    assert ours['kid'] == pytest.approx(kid, rel=1e-3)
+    assert pixelgan.distances(real, fake) == ours  # KID's subsets come from a fixed seed
+    state = torch.get_rng_state()
+    pixelgan.distances(real, fake)
+    assert torch.equal(torch.get_rng_state(), state)  # and the training's random stream is untouched
+
+def test_feature_network_rounds_to_8_bits_and_reads_both_formats(tmp_path):
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
+    x = torch.rand(2, 3, 20, 24) * 2 - 1
+    gray = x[:, :1]
+    for name in ('stand_in.pt', 'stand_in.pt2'):
+        features = pixelgan.FeatureNetwork(str(stand_in_file(tmp_path / name)), torch.device('cpu'))
+        levels = ((x + 1) * 127.5).round() / 127.5 - 1
+        expected = StandInFeatures()(F.interpolate(levels, size=(299, 299), mode='bilinear', align_corners=False))
+        torch.testing.assert_close(features(x), expected)
+        torch.testing.assert_close(features(gray), features(gray.expand(-1, 3, -1, -1)))
+
+def test_the_standard_inception_weights_load_from_a_local_file(tmp_path, monkeypatch):
+    """The path torchmetrics and torch-fidelity take for pt_inception-2015-12-05-6726825d.pth, on a
+    file of random weights with the same keys made here (nothing is downloaded)."""
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics torch-fidelity')
+    fidelity = pytest.importorskip('torch_fidelity.feature_extractor_inceptionv3',
+                                   reason='optional extra: pip install torch-fidelity')
+    from torchmetrics.image.fid import NoTrainInceptionV3
+    with monkeypatch.context() as m:  # build the network without its weights, to write a file like theirs
+        m.setattr(fidelity, 'load_state_dict_from_url', lambda *a, **k: None)
+        m.setattr(fidelity.FeatureExtractorInceptionV3, 'load_state_dict', lambda self, sd: None)
+        net = NoTrainInceptionV3('inception-v3-compat', ['2048'])
+    weights = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
+    torch.save(net.state_dict(), weights)
+    features = pixelgan.FeatureNetwork(str(weights), torch.device('cpu'))
+    assert features.inception
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = features(x)
+    assert out.shape == (2, 2048)
+    levels = ((x + 1) * 127.5).round().to(torch.uint8)
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    torch.testing.assert_close(out, net(levels))  # torch-fidelity's own resizing of 8-bit images
+
+def test_fid_and_kid_are_logged_and_keep_the_best_checkpoint(tmp_path):
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
+    weights = stand_in_file(tmp_path / 'stand_in.pt')
+    make_unpaired(tmp_path / 'data')
+    out = tmp_path / 'out'
+    run('cyclegan.py', '--dataroot', tmp_path / 'data', *TINY_CYCLEGAN, '--max_iters', 4, '--eval_freq', 2,
+        '--fid_weights', weights, '--out_dir', out)
+    evals = [r for r in map(json.loads, (out / 'log.jsonl').read_text().splitlines()) if 'fid_AtoB' in r]
+    assert [r['step'] for r in evals] == [2, 4]
+    assert all({'kid_AtoB', 'fid_BtoA', 'kid_BtoA'} <= set(r) for r in evals)
+    sums = [r['fid_AtoB'] + r['fid_BtoA'] for r in evals]
+    best = torch.load(out / 'best.pt', weights_only=True)
+    assert best['best_fid'] == pytest.approx(min(sums)) and best['step'] == evals[sums.index(min(sums))]['step']
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['best_fid'] == pytest.approx(min(sums))
+    # the same numbers from the checkpoint alone, standalone; the environment variable names the file
+    p = run('cyclegan.py', '--eval_only', '--ckpt', out / 'ckpt.pt', '--dataroot', tmp_path / 'data',
+            '--out_dir', tmp_path / 'eval', env={**os.environ, 'FID_WEIGHTS': str(weights)})
+    alone = json.loads((tmp_path / 'eval' / 'log.jsonl').read_text().splitlines()[-1])
+    for k in ('fid_AtoB', 'kid_AtoB', 'fid_BtoA', 'kid_BtoA'):
+        assert alone[k] == pytest.approx(evals[-1][k], rel=1e-5), k
+    assert 'fid_AtoB' in p.out
+    # a new run does not replace the earlier run's best.pt
+    (out / 'ckpt.pt').unlink()
+    before = (out / 'best.pt').read_bytes()
+    p = run('cyclegan.py', '--dataroot', tmp_path / 'data', *TINY_CYCLEGAN, '--max_iters', 2,
+            '--fid_weights', weights, '--out_dir', out, check=False)
+    assert p.returncode != 0 and 'best.pt exists' in p.out and (out / 'best.pt').read_bytes() == before
+
+def test_pixelgan_fid_at_evaluation_and_standalone(tmp_path):
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
+    weights = stand_in_file(tmp_path / 'stand_in.pt2')
+    out = tmp_path / 'out'
+    run('pixelgan.py', *TINY_PIXELGAN, '--max_iters', 2, '--eval_freq', 2, '--fid_weights', weights,
+        '--out_dir', out)
+    last = [r for r in map(json.loads, (out / 'log.jsonl').read_text().splitlines()) if 'fid' in r][-1]
+    assert last['fid'] > 0 and 'kid' in last and (out / 'best.pt').exists()
+    run('pixelgan.py', '--eval_only', '--ckpt', out / 'ckpt.pt', '--fid_weights', weights, '--out_dir', tmp_path / 'e')
+    alone = json.loads((tmp_path / 'e' / 'log.jsonl').read_text())
+    assert alone['fid'] == pytest.approx(last['fid'], rel=1e-5) and alone['kid'] == pytest.approx(last['kid'], rel=1e-5)
