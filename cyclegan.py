@@ -515,8 +515,11 @@ def check_writable(folder, flag):
 
 def best_path(ckpt_path):
     """Where a run with --fid_weights keeps its checkpoint of the lowest FID: best.pt beside
-    ckpt.pt."""
-    return os.path.join(os.path.dirname(ckpt_path), 'best.pt')
+    ckpt.pt, FILE_best.pt beside any other --ckpt FILE.pt."""
+    if os.path.basename(ckpt_path) == 'ckpt.pt':
+        return os.path.join(os.path.dirname(ckpt_path), 'best.pt')
+    root, ext = os.path.splitext(ckpt_path)
+    return f"{root}_best{ext}"
 
 def checkpoint_path(args):
     return args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
@@ -591,14 +594,16 @@ def load_weights(net, sd, path):
 
 def resume_args(args, given, path):
     """The checkpoint's args with the flags given now on top; architecture flags must not change.
-    --max_iters holds only if given again."""
+    --max_iters holds only if given again; $FID_WEIGHTS, where set, comes before the saved value."""
     ckpt = load_checkpoint(path)
     saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in ARCH_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
         sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
-    return argparse.Namespace(**{**saved, 'max_iters': None, **given}), ckpt
+    fid_weights = os.environ.get('FID_WEIGHTS', saved['fid_weights'])
+    return argparse.Namespace(**{**saved, 'max_iters': None, 'fid_weights': fid_weights,
+                                 **given}), ckpt
 
 def make_held_out(args, channels):
     """For FID and KID: every held-out image of domain A and of domain B once, with the
@@ -747,7 +752,7 @@ def load_inception(path):
     except ModuleNotFoundError:
         sys.exit("error: --fid_weights: the Inception weights need torch-fidelity: "
                  "pip install torch-fidelity")
-    except RuntimeError as e:
+    except Exception as e:  # whatever the file holds instead
         sys.exit(f"error: --fid_weights {path}: not the FID Inception weights, a .pt2 export or "
                  f"a TorchScript file ({first_line(e)})")
 
@@ -790,6 +795,14 @@ class FeatureNetwork:
         else:
             self.net = load_feature_network(path)
         self.net.to(device)
+        try:  # once now, not first at an evaluation hours into the run
+            shape = tuple(self(torch.zeros(2, 3, 32, 32, device=device)).shape)
+        except Exception as e:
+            sys.exit(f"error: --fid_weights {path}: the network fails on a batch of 2 images "
+                     f"({first_line(e)})")
+        if len(shape) != 2 or shape[0] != 2:
+            sys.exit(f"error: --fid_weights {path}: gives features of shape {shape} for 2 images; "
+                     f"an (N, D) matrix is needed")
 
     @torch.no_grad()
     def __call__(self, images):
@@ -826,7 +839,7 @@ def distances(real, fake):
         fid = FrechetInceptionDistance(PassFeatures(real.shape[1]))
         kid = KernelInceptionDistance(PassFeatures(real.shape[1]), subset_size=subset_size)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.default_generator.manual_seed(0)  # the CPU's alone: KID draws its subsets there
         for metric in (fid, kid):
             metric.update(real, real=True)
             metric.update(fake, real=False)
@@ -841,34 +854,44 @@ def fid_kid(features, G, inputs, targets, device):
     real = torch.cat([features(y.to(device)) for y in targets])
     return distances(real, fake)
 
+@contextlib.contextmanager
+def eval_mode(G_A, G_B):
+    """Both generators in eval mode, and afterwards the RNG as it was: the loaders of an
+    evaluation draw their seeds from it, and a resumed run must draw what an uninterrupted one
+    does."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        G_A.eval()
+        G_B.eval()
+        yield
+    G_A.train()
+    G_B.train()
+
 @torch.no_grad()
 def evaluate(G_A, G_B, loader, device, a='A', b='B', held_out=None, features=None):
     """On held-out pairs with known ground truth (loader, the synthetic task): PSNR and SSIM of
     G_A(A) against the true B and of G_B(B) against the true A, next to the identity baseline
     (the input against the truth). With features (--fid_weights): FID and KID of G_A(A) against
     the held-out B and of G_B(B) against the held-out A."""
-    G_A.eval()
-    G_B.eval()
     sums, n = {}, 0
     if loader is None:  # no ground truth
         loader = []
-    for batch in loader:
-        A, B = batch[a].to(device), batch[b].to(device)
-        fake_B, fake_A = G_A(A).float(), G_B(B).float()
-        scores = dict(psnr_AtoB=psnr(fake_B, B), psnr_BtoA=psnr(fake_A, A),
-                      ssim_AtoB=ssim(fake_B, B), ssim_BtoA=ssim(fake_A, A))
-        if A.shape == B.shape:  # the identity baseline needs the same channels
-            scores.update(psnr_identity=psnr(A, B), ssim_identity=ssim(A, B))
-        for name, v in scores.items():
-            sums[name] = sums.get(name, 0) + v.sum().item()
-        n += len(A)
-    scores = {k: v / n for k, v in sums.items()}
-    if features is not None:
-        for name, G, x, y in [('AtoB', G_A, a, b), ('BtoA', G_B, b, a)]:
-            for k, v in fid_kid(features, G, held_out[x], held_out[y], device).items():
-                scores[f"{k}_{name}"] = v
-    G_A.train()
-    G_B.train()
+    with eval_mode(G_A, G_B):
+        for batch in loader:
+            A, B = batch[a].to(device), batch[b].to(device)
+            fake_B, fake_A = G_A(A).float(), G_B(B).float()
+            scores = dict(psnr_AtoB=psnr(fake_B, B), psnr_BtoA=psnr(fake_A, A),
+                          ssim_AtoB=ssim(fake_B, B), ssim_BtoA=ssim(fake_A, A))
+            if A.shape == B.shape:  # the identity baseline needs the same channels
+                scores.update(psnr_identity=psnr(A, B), ssim_identity=ssim(A, B))
+            for name, v in scores.items():
+                sums[name] = sums.get(name, 0) + v.sum().item()
+            n += len(A)
+        scores = {k: v / n for k, v in sums.items()}
+        if features is not None:
+            for name, G, x, y in [('AtoB', G_A, a, b), ('BtoA', G_B, b, a)]:
+                for k, v in fid_kid(features, G, held_out[x], held_out[y], device).items():
+                    scores[f"{k}_{name}"] = v
     return scores
 
 @torch.no_grad()
@@ -958,12 +981,9 @@ def train(args, given):
     elif os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
                  f"--out_dir (or --ckpt) to start a new one")
-    elif args.fid_weights and os.path.exists(best_path(ckpt_path)):
+    elif os.path.exists(best_path(ckpt_path)):
         sys.exit(f"error: {best_path(ckpt_path)} exists (an earlier run's best checkpoint); give "
                  f"another --out_dir (or --ckpt) to start a new run")
-    if args.fid_weights and best_path(ckpt_path) == ckpt_path:
-        sys.exit(f"error: --ckpt {ckpt_path}: with --fid_weights the run keeps best.pt there; "
-                 f"continue from a copy under another name")
     check_run(args)
     check_writable(args.out_dir, '--out_dir')  # on every process, before any waits for another
     ddp, rank, world, device, autocast, scaler = setup(args)
@@ -972,8 +992,8 @@ def train(args, given):
     if master:
         print(f"training on {describe_task(args)}")
         log = Log(args.out_dir, args.tensorboard)
-    features = None  # with --fid_weights, the network FID and KID compare images with
-    if master and args.fid_weights:
+    features = None  # with --fid_weights, the network FID and KID compare images with; every
+    if args.fid_weights:  # process loads it, so that a bad file stops them all; rank 0 uses it
         features = FeatureNetwork(args.fid_weights, device)
     # data; BtoA swaps the domains
     loader, test_loader, held_out, fixed = make_data(args, rank, world)
@@ -990,6 +1010,8 @@ def train(args, given):
     if ckpt is not None:
         epoch, epoch_iter, step = restore_run(ckpt, stateful, args, world, device)
         best_fid = ckpt.get('best_fid', math.inf)
+        if os.path.exists(best_path(ckpt_path)):  # newer than ckpt.pt after a hard stop
+            best_fid = min(best_fid, load_checkpoint(best_path(ckpt_path))['best_fid'])
         if master:
             print(f"resumed {ckpt_path} at epoch {epoch + 1}, iteration {step}")
     G, D = distribute(G, D, args, ddp, device)

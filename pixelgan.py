@@ -301,9 +301,11 @@ MATMUL_MAX_PIXELS = 16 * 16  # above it oneDNN's own kernels were as fast or fas
 FLOAT32_MAX_PIXELS = 4 * 4  # at 4x4 both took the same time; the whole step was 1-3% faster
 
 def runs_as_matmul(layer, x):
-    """Whether layer runs as a matrix product on x: small inputs on the CPU, plain layers only."""
+    """Whether layer runs as a matrix product on x: small inputs on the CPU, and layers as the
+    U-Net has them (float32 weights, one group, zero padding given in pixels)."""
     small = x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS
     plain = layer.groups == 1 and layer.padding_mode == 'zeros'
+    plain = plain and not isinstance(layer.padding, str) and layer.weight.dtype == torch.float32
     return x.device.type == 'cpu' and small and plain
 
 def matmul(weight, cols, x):
@@ -562,8 +564,11 @@ def check_writable(folder, flag):
 
 def best_path(ckpt_path):
     """Where a run with --fid_weights keeps its checkpoint of the lowest FID: best.pt beside
-    ckpt.pt."""
-    return os.path.join(os.path.dirname(ckpt_path), 'best.pt')
+    ckpt.pt, FILE_best.pt beside any other --ckpt FILE.pt."""
+    if os.path.basename(ckpt_path) == 'ckpt.pt':
+        return os.path.join(os.path.dirname(ckpt_path), 'best.pt')
+    root, ext = os.path.splitext(ckpt_path)
+    return f"{root}_best{ext}"
 
 def checkpoint_path(args):
     return args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
@@ -638,14 +643,16 @@ def load_weights(net, sd, path):
 
 def resume_args(args, given, path):
     """The checkpoint's args with the flags given now on top; architecture flags must not change.
-    --max_iters holds only if given again."""
+    --max_iters holds only if given again; $FID_WEIGHTS, where set, comes before the saved value."""
     ckpt = load_checkpoint(path)
     saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in ARCH_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
         sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
-    return argparse.Namespace(**{**saved, 'max_iters': None, **given}), ckpt
+    fid_weights = os.environ.get('FID_WEIGHTS', saved['fid_weights'])
+    return argparse.Namespace(**{**saved, 'max_iters': None, 'fid_weights': fid_weights,
+                                 **given}), ckpt
 
 def make_test_set(args):
     """Held-out pairs with the evaluation transform: <root>/test, else <root>/val (or A/test,
@@ -789,7 +796,7 @@ def load_inception(path):
     except ModuleNotFoundError:
         sys.exit("error: --fid_weights: the Inception weights need torch-fidelity: "
                  "pip install torch-fidelity")
-    except RuntimeError as e:
+    except Exception as e:  # whatever the file holds instead
         sys.exit(f"error: --fid_weights {path}: not the FID Inception weights, a .pt2 export or "
                  f"a TorchScript file ({first_line(e)})")
 
@@ -832,6 +839,14 @@ class FeatureNetwork:
         else:
             self.net = load_feature_network(path)
         self.net.to(device)
+        try:  # once now, not first at an evaluation hours into the run
+            shape = tuple(self(torch.zeros(2, 3, 32, 32, device=device)).shape)
+        except Exception as e:
+            sys.exit(f"error: --fid_weights {path}: the network fails on a batch of 2 images "
+                     f"({first_line(e)})")
+        if len(shape) != 2 or shape[0] != 2:
+            sys.exit(f"error: --fid_weights {path}: gives features of shape {shape} for 2 images; "
+                     f"an (N, D) matrix is needed")
 
     @torch.no_grad()
     def __call__(self, images):
@@ -868,7 +883,7 @@ def distances(real, fake):
         fid = FrechetInceptionDistance(PassFeatures(real.shape[1]))
         kid = KernelInceptionDistance(PassFeatures(real.shape[1]), subset_size=subset_size)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.default_generator.manual_seed(0)  # the CPU's alone: KID draws its subsets there
         for metric in (fid, kid):
             metric.update(real, real=True)
             metric.update(fake, real=False)
@@ -998,12 +1013,9 @@ def train(args, given):
     elif os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
                  f"--out_dir (or --ckpt) to start a new one")
-    elif args.fid_weights and os.path.exists(best_path(ckpt_path)):
+    elif os.path.exists(best_path(ckpt_path)):
         sys.exit(f"error: {best_path(ckpt_path)} exists (an earlier run's best checkpoint); give "
                  f"another --out_dir (or --ckpt) to start a new run")
-    if args.fid_weights and best_path(ckpt_path) == ckpt_path:
-        sys.exit(f"error: --ckpt {ckpt_path}: with --fid_weights the run keeps best.pt there; "
-                 f"continue from a copy under another name")
     check_run(args)
     check_writable(args.out_dir, '--out_dir')  # on every process, before any waits for another
     ddp, rank, world, device, autocast, scaler = setup(args)
@@ -1012,8 +1024,8 @@ def train(args, given):
     if master:
         print(f"training on {describe_task(args)}")
         log = Log(args.out_dir, args.tensorboard)
-    features = None  # with --fid_weights, the network FID and KID compare images with
-    if master and args.fid_weights:
+    features = None  # with --fid_weights, the network FID and KID compare images with; every
+    if args.fid_weights:  # process loads it, so that a bad file stops them all; rank 0 uses it
         features = FeatureNetwork(args.fid_weights, device)
     # data (the dataset applies --direction)
     loader, test_loader, fixed = make_data(args, rank, world)
@@ -1027,6 +1039,8 @@ def train(args, given):
     if ckpt is not None:
         epoch, epoch_iter, step = restore_run(ckpt, stateful, args, world, device)
         best_fid = ckpt.get('best_fid', math.inf)
+        if os.path.exists(best_path(ckpt_path)):  # newer than ckpt.pt after a hard stop
+            best_fid = min(best_fid, load_checkpoint(best_path(ckpt_path))['best_fid'])
         if master:
             print(f"resumed {ckpt_path} at epoch {epoch + 1}, iteration {step}")
     G, D_loss = distribute(G, D_loss, args, ddp, device)

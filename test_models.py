@@ -1330,3 +1330,44 @@ def test_pixelgan_fid_at_evaluation_and_standalone(tmp_path):
     run('pixelgan.py', '--eval_only', '--ckpt', out / 'ckpt.pt', '--fid_weights', weights, '--out_dir', tmp_path / 'e')
     alone = json.loads((tmp_path / 'e' / 'log.jsonl').read_text())
     assert alone['fid'] == pytest.approx(last['fid'], rel=1e-5) and alone['kid'] == pytest.approx(last['kid'], rel=1e-5)
+
+def test_the_best_checkpoint_is_named_after_the_run_and_a_bad_feature_network_fails_at_start(tmp_path):
+    assert cyclegan.best_path(os.path.join('out', 'ckpt.pt')) == os.path.join('out', 'best.pt')
+    assert pixelgan.best_path(os.path.join('out', 'a.pt')) == os.path.join('out', 'a_best.pt')
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
+    batch = torch.export.Dim('batch', min=2)
+    four_d = torch.export.export(torch.nn.AdaptiveAvgPool2d(1), (torch.zeros(4, 3, 299, 299),),
+                                 dynamic_shapes=({0: batch},))
+    torch.export.save(four_d, str(tmp_path / 'four_d.pt2'))
+    one_image = torch.export.export(StandInFeatures(), (torch.zeros(1, 3, 299, 299),))  # batch fixed at 1
+    torch.export.save(one_image, str(tmp_path / 'one_image.pt2'))
+    for name, says in [('four_d.pt2', 'gives features of shape (2, 3, 1, 1) for 2 images'),
+                       ('one_image.pt2', 'the network fails on a batch of 2 images')]:
+        p = run('pixelgan.py', *TINY_PIXELGAN, '--max_iters', 2, '--fid_weights', tmp_path / name,
+                '--out_dir', tmp_path / f'run_{name}', check=False)
+        assert p.returncode != 0 and p.out.strip().splitlines()[-1].startswith('error: --fid_weights')
+        assert says in p.out and not (tmp_path / f'run_{name}' / 'ckpt.pt').exists()
+
+def test_an_evaluation_at_the_end_of_a_run_leaves_resume_exact(tmp_path):
+    """An evaluation draws loader seeds: it must not move the training's random stream, or a run
+    stopped where it evaluated would resume differently from an uninterrupted one (image pool)."""
+    pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
+    weights = stand_in_file(tmp_path / 'stand_in.pt')
+    make_unpaired(tmp_path / 'data')
+    common = ['--dataroot', tmp_path / 'data', *TINY_CYCLEGAN, '--pool_size', 2, '--eval_freq', 4,
+              '--fid_weights', weights]
+    run('cyclegan.py', *common, '--max_iters', 6, '--out_dir', tmp_path / 'straight')
+    run('cyclegan.py', *common, '--max_iters', 3, '--out_dir', tmp_path / 'resumed')  # evaluates at 3
+    run('cyclegan.py', '--resume', '--max_iters', 6, '--out_dir', tmp_path / 'resumed')
+    a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('straight', 'resumed'))
+    for name in cyclegan.NETWORKS:
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+
+def test_the_matmul_layers_leave_what_they_do_not_cover_to_the_plain_kernels():
+    x = torch.randn(1, 4, 4, 4)
+    same = pixelgan.MatmulConv2d(4, 5, 3, padding='same')
+    plain = torch.nn.Conv2d(4, 5, 3, padding='same')
+    plain.load_state_dict(same.state_dict())
+    assert torch.equal(same(x), plain(x))
+    half = pixelgan.MatmulConv2d(4, 5, 4, 2, 1).bfloat16()
+    assert half(x.bfloat16()).dtype == torch.bfloat16
