@@ -1,11 +1,6 @@
 """Data for cyclegan.py and pixelgan.py: image folders, the official transforms, a sampler that
-shards and resumes, the built-in synthetic datasets, and dataset / pretrained-model download.
-
-    python data.py download horse2zebra        # -> datasets/horse2zebra (see --list)
-    python data.py download-model horse2zebra  # -> pretrained/horse2zebra.pth
-    python data.py unpack FILE                 # an archive fetched by hand
-"""
-import argparse, math, os, random, shutil, sys, tarfile, tempfile, time, urllib.request, zipfile
+shards and resumes, and the built-in synthetic datasets. Downloads: tools/download.py."""
+import math, os, random, sys
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -142,12 +137,13 @@ class Transform:
 # the data stream is the same with any number of loader workers, processes, or resumes.
 
 class UnpairedFolders(torch.utils.data.Dataset):
-    """<root>/<phase>A and <root>/<phase>B. An epoch is max(|A|, |B|) items; A in order, B at
-    random (in order too with serial)."""
-    def __init__(self, root, phase, transform, serial=False, max_size=None, seed=0,
-                 channels=(3, 3)):
-        self.A = find_images(os.path.join(root, phase + 'A'))[:max_size]
-        self.B = find_images(os.path.join(root, phase + 'B'))[:max_size]
+    """<root>/<phase>A and <root>/<phase>B (swapped with direction BtoA). An epoch is
+    max(|A|, |B|) items; A in order, B at random (in order too with serial)."""
+    def __init__(self, root, phase, transform, direction='AtoB', serial=False, max_size=None,
+                 seed=0, channels=(3, 3)):
+        a, b = ('B', 'A') if direction == 'BtoA' else ('A', 'B')
+        self.A = find_images(os.path.join(root, phase + a))[:max_size]
+        self.B = find_images(os.path.join(root, phase + b))[:max_size]
         check_images(self.A, transform)
         check_images(self.B, transform)
         self.transform = transform
@@ -219,12 +215,12 @@ class PairedFolders(torch.utils.data.Dataset):
         return {'A': A, 'B': B}
 
 class Domain(torch.utils.data.Dataset):
-    """One domain of a held-out dataset, each of its `size` images once: dataset[i][key]. With
-    UnpairedFolders(serial=True) and size len(dataset.A), that is every image of <phase>A."""
-    def __init__(self, dataset, key, size):
+    """One domain of a held-out dataset, each image once: dataset[i][key] for as many i as the
+    domain has images (UnpairedFolders(serial=True): every image of its folder)."""
+    def __init__(self, dataset, key):
         self.dataset = dataset
         self.key = key
-        self.size = size
+        self.size = len(getattr(dataset, key, dataset))
 
     def __len__(self):
         return self.size
@@ -319,141 +315,14 @@ class Synthetic(torch.utils.data.Dataset):
             seed_B = seed + 10**5 if self.train else seed  # training: an unrelated scene
             A = render_scene(seed, self.size, False)
             B = render_scene(seed_B, self.size, True)
+            if self.swap:
+                A, B = B, A
         if self.channels[0] == 1:
             A = A.mean(0, keepdim=True)
         if self.channels[1] == 1:
             B = B.mean(0, keepdim=True)
         return {'A': A, 'B': B}
 
-# -----------------------------------------------------------------------------
-# download of the official datasets and pretrained generators
-
-CYCLEGAN_DATASETS = ['apple2orange', 'summer2winter_yosemite', 'horse2zebra', 'monet2photo',
-                     'cezanne2photo', 'ukiyoe2photo', 'vangogh2photo', 'maps', 'facades',
-                     'iphone2dslr_flower', 'ae_photos', 'mini']
-PIX2PIX_DATASETS = ['facades', 'maps', 'edges2shoes', 'edges2handbags', 'night2day',
-                    'mini_pix2pix']
-CYCLEGAN_MODELS = ['apple2orange', 'orange2apple', 'summer2winter_yosemite',
-                   'winter2summer_yosemite', 'horse2zebra', 'zebra2horse', 'monet2photo',
-                   'style_monet', 'style_cezanne', 'style_ukiyoe', 'style_vangogh', 'sat2map',
-                   'map2sat', 'cityscapes_photo2label', 'cityscapes_label2photo',
-                   'facades_photo2label', 'facades_label2photo', 'iphone2dslr_flower']
-PIX2PIX_MODELS = ['edges2shoes', 'sat2map', 'map2sat', 'facades_label2photo', 'day2night']
-
-def known_urls(kind):
-    """Names clash between the collections (facades, maps, sat2map, ...): the pix2pix file keeps
-    the plain name and the CycleGAN one is cyclegan_<name>. GAN_DOWNLOAD_URL names a mirror."""
-    host = os.environ.get('GAN_DOWNLOAD_URL', 'http://efrosgans.eecs.berkeley.edu')
-    if kind == 'dataset':
-        cyclegan = {n: f"{host}/cyclegan/datasets/{n}.zip" for n in CYCLEGAN_DATASETS}
-        pix2pix = {n: f"{host}/pix2pix/datasets/{n}.tar.gz" for n in PIX2PIX_DATASETS}
-    else:
-        cyclegan = {n: f"{host}/cyclegan/pretrained_models/{n}.pth" for n in CYCLEGAN_MODELS}
-        pix2pix = {n: f"{host}/pix2pix/models-pytorch/{n}.pth" for n in PIX2PIX_MODELS}
-    urls = {}
-    for name, url in cyclegan.items():
-        if name in pix2pix:
-            name = 'cyclegan_' + name
-        urls[name] = url
-    return {**urls, **pix2pix}
-
-def fetch(url, dest):
-    """Download to a temporary file beside dest, showing progress; renamed only once complete."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.part-')
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, os.fdopen(fd, 'wb') as f:
-            total, done, t0 = int(r.headers.get('Content-Length') or 0), 0, time.time()
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                rate = done / max(time.time() - t0, 1e-6)
-                print(f"\r{url}: {done / 2**20:.1f}/{total / 2**20:.1f} MiB, "
-                      f"{rate / 2**20:.1f} MiB/s, ETA {max(total - done, 0) / rate:.0f} s  ",
-                      end='', file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        if done < total:
-            raise DataError(f"{url}: download cut short ({done} of {total} bytes); try again")
-        os.replace(tmp, dest)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{url}: download failed ({getattr(e, 'reason', e)}); fetch it by hand "
-                        f"and run 'python data.py unpack FILE'") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-def check_members(archive, members):
-    """Refuse the archive if any member could land outside the target: absolute paths, '..',
-    links, devices."""
-    for name, regular in members:
-        parts = name.replace('\\', '/').split('/')
-        if not regular or parts[0] == '' or '..' in parts or ':' in parts[0]:
-            raise DataError(f"{archive}: unsafe member '{name}' (absolute path, '..', link or "
-                            f"device); refusing to extract")
-
-def unpack(archive, name=None, root='datasets'):
-    """Extract a dataset archive into root/<name> through a temporary folder, refusing any member
-    that could land outside it: absolute paths, '..', links, devices."""
-    target = os.path.join(root, name or os.path.basename(archive).split('.')[0])
-    if os.path.exists(target):
-        raise DataError(f"{target}: already exists; remove it to unpack again")
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=root, prefix='.unpack-')
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:  # the file type sits in external_attr's top bits
-                members = [(m.filename, m.external_attr >> 28 in (0, 4, 8)) for m in z.infolist()]
-                check_members(archive, members)
-                z.extractall(tmp)
-        else:
-            with tarfile.open(archive) as t:
-                check_members(archive, [(m.name, m.isfile() or m.isdir()) for m in t.getmembers()])
-                if hasattr(tarfile, 'data_filter'):  # Python 3.11.4+
-                    t.extractall(tmp, filter='data')
-                else:
-                    t.extractall(tmp)
-        top = os.listdir(tmp)  # the official archives hold one folder named after the dataset
-        shutil.move(os.path.join(tmp, top[0]) if len(top) == 1 else tmp, target)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"{archive}: not a readable zip or tar archive ({e})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        description='Fetch the official CycleGAN / pix2pix datasets and pretrained generators.')
-    p.add_argument('command', choices=['download', 'download-model', 'unpack'])
-    p.add_argument('name', nargs='?', help='dataset or model name; for unpack, the archive file')
-    p.add_argument('--list', action='store_true', help='print the known names and exit')
-    p.add_argument('--root', default=None,
-                   help='destination folder (default datasets/ or pretrained/)')
-    a = p.parse_args(argv)
-    model = a.command == 'download-model'
-    urls = known_urls('model' if model else 'dataset')
-    root = a.root or ('pretrained' if model else 'datasets')
-    if a.command == 'unpack' and a.name:
-        print(unpack(a.name, root=root))
-    elif a.command == 'unpack':
-        print('usage: python data.py unpack FILE')
-    elif a.list or not a.name:
-        print('\n'.join(sorted(urls)))
-    elif a.name not in urls:
-        raise DataError(f"unknown name '{a.name}'; 'python data.py {a.command} --list' prints "
-                        f"the known ones")
-    elif model:
-        fetch(urls[a.name], os.path.join(root, a.name + '.pth'))
-        print(os.path.join(root, a.name + '.pth'))
-    else:
-        os.makedirs(root, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root, prefix='.download-') as tmp:
-            archive = os.path.join(tmp, os.path.basename(urls[a.name]))
-            fetch(urls[a.name], archive)
-            print(unpack(archive, a.name, root))
-
 if __name__ == '__main__':
-    try:
-        main()
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    sys.exit("error: downloads moved: python tools/download.py dataset NAME (or model NAME, "
+             "unpack FILE)")

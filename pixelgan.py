@@ -5,22 +5,19 @@ PatchGAN discriminators (Isola et al., CVPR 2017, arXiv:1611.07004, section 4.4)
     python pixelgan.py --dataroot datasets/facades --direction BtoA  # labels -> photo
     python pixelgan.py --resume                    # continue out/pixelgan/ckpt.pt
     python pixelgan.py --translate labels/ --ckpt out/pixelgan/ckpt.pt
-    python pixelgan.py --eval_only --ckpt out/pixelgan/ckpt.pt --dataroot datasets/facades
+    torchrun --standalone --nproc_per_node=8 pixelgan.py --dataroot ...
 
 A generator G maps an input image A to its target B. A conditional discriminator D judges
 (A, B) pairs: real ones, and ones whose B is G(A). An L1 loss ties G(A) to the true B pixel by
 pixel.
 
-Read top to bottom: config, networks, losses, the training step, the training loop, inference
-and export, the benchmark, main.
+Read top to bottom: config, networks, losses, the training step, the training loop, inference.
+The side jobs (export, FID/KID, benchmark, downloads) are in tools/.
 """
-import argparse, contextlib, copy, functools, json, math, os, re, signal
-import statistics, sys, time, warnings, zipfile
+import argparse, contextlib, copy, functools, json, math, os, re, signal, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.fx.experimental._config
-import torch.utils.flop_counter
 import torchvision
 from PIL import Image
 import data
@@ -33,6 +30,25 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         sys.exit(f"error: {message}; --help lists the flags")
 
+class Range:
+    """An argparse type: a number of `kind` from low (above it with open_low) to below high;
+    never NaN or infinite."""
+    def __init__(self, kind, low, high=math.inf, open_low=False):
+        self.__name__ = kind.__name__  # argparse names it in "invalid int value: '1.5'"
+        self.kind, self.low, self.high, self.open_low = kind, low, high, open_low
+        self.bound = f"{'above' if open_low else 'at least'} {low}"
+        if high < math.inf:
+            self.bound += f" and below {high}"
+
+    def __call__(self, text):
+        value = self.kind(text)
+        if not self.low <= value < self.high or (self.open_low and value == self.low):
+            raise argparse.ArgumentTypeError(f"must be {self.bound}, not {text}")
+        return value
+
+COUNT, NATURAL = Range(int, 0), Range(int, 1)
+WEIGHT, POSITIVE = Range(float, 0.0), Range(float, 0.0, open_low=True)
+
 def get_parser():
     p = ArgumentParser(description='pix2pix / PixelGAN: paired image-to-image translation')
     a = p.add_argument
@@ -43,47 +59,44 @@ def get_parser():
       choices=['unet_256', 'unet_128', 'resnet_9blocks', 'resnet_6blocks'])
     a('--netD', default='pixel', choices=['pixel', 'basic', 'n_layers'],
       help='pixel = 1x1 PixelGAN (measured best here, see README), basic = 70x70 PatchGAN')
-    a('--n_layers_D', type=int, default=3,
+    a('--n_layers_D', type=NATURAL, default=3,
       help='depth of the n_layers discriminator (1: 16x16 patches)')
     a('--input_nc', type=int, default=3, choices=[1, 3], help='input channels: 1 gray, 3 RGB')
     a('--output_nc', type=int, default=3, choices=[1, 3], help='output (target) channels')
-    a('--ngf', type=int, default=64, help='generator width (filters in the first conv)')
-    a('--ndf', type=int, default=64, help='discriminator width')
+    a('--ngf', type=NATURAL, default=64, help='generator width (filters in the first conv)')
+    a('--ndf', type=NATURAL, default=64, help='discriminator width')
     a('--norm', default='batch', choices=['batch', 'syncbatch', 'instance', 'none'])
     a('--no_dropout', action='store_true', help='no dropout in the generator')
     a('--init_type', default='normal', choices=['normal', 'xavier', 'kaiming', 'orthogonal'])
-    a('--init_gain', type=float, default=0.02,
-      help='std of the normal init (gain for xavier/orthogonal)')
+    a('--init_gain', type=POSITIVE, default=0.02, help='std of the normal init (xavier: gain)')
     a('--gan_mode', default='vanilla', choices=['vanilla', 'lsgan', 'wgangp'])
-    a('--lambda_L1', type=float, default=100.0, help='weight of the L1 loss')
-    a('--lr', type=float, default=0.0002)
-    a('--beta1', type=float, default=0.5, help='Adam beta1')
-    a('--n_epochs', type=int, default=100, help='epochs at the initial learning rate')
-    a('--n_epochs_decay', type=int, default=100, help='epochs of linear decay to zero')
-    a('--batch_size', type=int, default=1, help='per process')
-    a('--load_size', type=int, default=286, help='resize images to this size ...')
-    a('--crop_size', type=int, default=256, help='... then randomly crop to this size')
+    a('--lambda_L1', type=WEIGHT, default=100.0, help='weight of the L1 loss')
+    a('--lr', type=POSITIVE, default=0.0002)
+    a('--beta1', type=Range(float, 0.0, 1.0), default=0.5, help='Adam beta1')
+    a('--n_epochs', type=COUNT, default=100, help='epochs at the initial learning rate')
+    a('--n_epochs_decay', type=COUNT, default=100, help='epochs of linear decay to zero')
+    a('--batch_size', type=NATURAL, default=1, help='per process')
+    a('--load_size', type=NATURAL, default=286, help='resize images to this size ...')
+    a('--crop_size', type=NATURAL, default=256, help='... then randomly crop to this size')
     a('--preprocess', default='resize_and_crop',
       choices=['resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none'])
     a('--no_flip', action='store_true', help='no random horizontal flips')
     a('--serial_batches', action='store_true', help='take images in order instead of shuffled')
     a('--direction', default='AtoB', choices=['AtoB', 'BtoA'],
       help='AtoB maps the left/A image to the right/B one')
-    a('--num_threads', type=int, default=4, help='data loader worker processes')
-    a('--max_dataset_size', type=int, default=None, help='use at most this many training pairs')
-    a('--print_freq', type=int, default=100, help='iterations between progress lines')
-    a('--display_freq', type=int, default=400, help='iterations between sample grids')
-    a('--save_latest_freq', type=int, default=5000, help='iterations between checkpoints')
+    a('--num_threads', type=COUNT, default=4, help='data loader worker processes')
+    a('--max_dataset_size', type=NATURAL, default=None, help='at most this many training pairs')
+    a('--print_freq', type=NATURAL, default=100, help='iterations between progress lines')
+    a('--display_freq', type=NATURAL, default=400, help='iterations between sample grids')
+    a('--save_latest_freq', type=NATURAL, default=5000, help='iterations between checkpoints')
     a('--seed', type=int, default=0)
     a('--out_dir', default='out/pixelgan', help='new: checkpoint, samples and log.jsonl go here')
-    a('--max_iters', type=int, default=None, help='new: stop after this many iterations')
-    a('--eval_freq', type=int, default=1000,
+    a('--max_iters', type=COUNT, default=None, help='new: stop after this many iterations')
+    a('--eval_freq', type=NATURAL, default=1000,
       help='new: iterations between evaluations on the test split')
-    a('--eval_only', action='store_true', help='new: evaluate --ckpt on the test split and exit')
     a('--fid_weights', default=os.environ.get('FID_WEIGHTS'), metavar='FILE',
-      help='new: FID and KID at each evaluation, and best.pt by FID: the FID Inception weights '
-           '(pt_inception-2015-12-05-6726825d.pth) or a .pt2 / TorchScript feature network; '
-           'default: $FID_WEIGHTS')
+      help='new: FID and KID at each evaluation, and best.pt: the FID Inception weights or a '
+           'feature network (tools/fid.py); default: $FID_WEIGHTS')
     a('--test_train_mode', action='store_true',
       help='new: keep dropout and batch statistics on at test time, as the paper does')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
@@ -92,17 +105,10 @@ def get_parser():
     a('--translate', default=None, metavar='PATH',
       help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/pixelgan', help='new: where --translate writes')
-    a('--export_official', default=None, metavar='DIR',
-      help='new: write --ckpt as the official latest_net_*.pth files')
-    a('--export', default=None, metavar='FILE',
-      help='new: write the generator of --ckpt as FILE.pt2 (torch.export) or FILE.onnx')
     a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     a('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
       help='new: autocast precision of the networks; auto: bfloat16 where the hardware is fast')
     a('--compile', action='store_true', help='new: torch.compile the networks')
-    a('--benchmark', action='store_true',
-      help='new: time the training step on random tensors and exit')
-    a('--tensorboard', action='store_true', help='new: also log to out_dir/tensorboard')
     return p
 
 # Without --dataroot: a small preset that trains the synthetic task in minutes on 2 CPU cores.
@@ -113,41 +119,28 @@ SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_siz
 SYNTHETIC_TASK = 'the built-in synthetic task (restore degraded images)'
 SCRIPT = 'pixelgan'
 NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
+STATE = [*NETWORKS, 'opt_G', 'opt_D']  # what a checkpoint holds to resume
 ARCH_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout', 'input_nc',
-              'output_nc']  # these must match to resume
-EVAL_FLAGS = ['direction', 'preprocess', 'load_size', 'crop_size', 'input_nc', 'output_nc']
-FLAG_MINIMUM = dict(n_layers_D=1, ngf=1, ndf=1, batch_size=1, load_size=1, crop_size=1,
-                    max_dataset_size=1, print_freq=1, display_freq=1, save_latest_freq=1,
-                    eval_freq=1, lambda_L1=0, n_epochs=0, n_epochs_decay=0, num_threads=0,
-                    max_iters=0)
-
-def check_flags(args):
-    """Each numeric flag within its range, or one line naming the flag, its value and the range,
-    before any work starts."""
-    for name, lowest in FLAG_MINIMUM.items():
-        value = getattr(args, name)
-        if value is not None and value < lowest:
-            sys.exit(f"error: --{name} {value}: must be at least {lowest}")
-    for name in ('lr', 'init_gain'):
-        if not getattr(args, name) > 0:
-            sys.exit(f"error: --{name} {getattr(args, name)}: must be above 0")
-    if not 0 <= args.beta1 < 1:
-        sys.exit(f"error: --beta1 {args.beta1}: must be at least 0 and below 1")
-    if 'crop' not in args.preprocess and args.batch_size > 1:
-        sys.exit(f"error: --preprocess {args.preprocess} keeps each image's own size, so a batch "
-                 f"holds one image; use --batch_size 1 or a --preprocess with a crop")
+              'output_nc']
+MOVED = {'--benchmark': 'python tools/bench.py SCRIPT [flags]',
+         '--export': 'python tools/export.py --ckpt FILE --out G.pt2 (or G.onnx)',
+         '--export_official': 'python tools/export.py --ckpt FILE --out DIR',
+         '--eval_only': 'python tools/evaluate.py --ckpt FILE',
+         '--tensorboard': 'python tools/tensorboard.py OUT_DIR'}
 
 def parse_args(argv=None):
     """Returns the args and the flags given explicitly (they override preset and checkpoint)."""
+    for word in sys.argv[1:] if argv is None else argv:
+        if word.split('=')[0] in MOVED:
+            sys.exit(f"error: {word.split('=')[0]} is now a tool of its own: "
+                     f"{MOVED[word.split('=')[0]].replace('SCRIPT', SCRIPT)}")
     parser = get_parser()
     args = parser.parse_args(argv)
     for action in parser._actions:  # a second parse without defaults: only what was typed
         action.default = argparse.SUPPRESS
     given = vars(parser.parse_args(argv))
-    if args.dataroot is None and not args.resume and not args.benchmark:
-        preset = {k: v for k, v in SYNTHETIC_PRESET.items() if k not in given}
-        vars(args).update(preset)
-    check_flags(args)
+    if args.dataroot is None and not args.resume:
+        vars(args).update({k: v for k, v in SYNTHETIC_PRESET.items() if k not in given})
     return args, given
 
 # -----------------------------------------------------------------------------
@@ -162,33 +155,30 @@ def norm_layer(norm, channels):
     return nn.Identity()
 
 class ReflectionPad2d(nn.ReflectionPad2d):
-    """Pads in the input's own dtype. CPU autocast would run the padding in float32: a cast to
-    float32 and back around every convolution, 3% slower and 15% more peak memory (measured at
-    256 px, bfloat16). Padding copies values, so no number changes."""
+    """Pads in the input's own dtype: CPU autocast would pad in float32, a cast there and back
+    around every convolution (3% slower, 15% more memory at 256 px in bfloat16)."""
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
             return super().forward(x)
 
 class UnetBlock(nn.Module):
     """One level of the U-Net: downsample, the inner levels, upsample, and a skip connection that
-    concatenates this level's input to its output. Built from the innermost level outwards.
-    conv and upconv are the layer classes: nn.Conv2d and nn.ConvTranspose2d, or subclasses."""
-    def __init__(self, outer_nc, inner_nc, in_nc=None, inner=None, norm='batch', dropout=False,
-                 conv=nn.Conv2d, upconv=nn.ConvTranspose2d):
+    concatenates this level's input to its output. Built from the innermost level outwards."""
+    def __init__(self, outer_nc, inner_nc, in_nc=None, inner=None, norm='batch', dropout=False):
         super().__init__()
         bias = norm == 'instance'
-        down = conv(in_nc or outer_nc, inner_nc, 4, 2, 1, bias=bias)
+        down = nn.Conv2d(in_nc or outer_nc, inner_nc, 4, 2, 1, bias=bias)
         self.outermost = in_nc is not None
         if self.outermost:
             layers = [down, inner, nn.ReLU(True),
-                      upconv(2 * inner_nc, outer_nc, 4, 2, 1), nn.Tanh()]
+                      nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1), nn.Tanh()]
         elif inner is None:  # innermost: no norm at the 1x1 bottleneck
             layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True),
-                      upconv(inner_nc, outer_nc, 4, 2, 1, bias=bias),
+                      nn.ConvTranspose2d(inner_nc, outer_nc, 4, 2, 1, bias=bias),
                       norm_layer(norm, outer_nc)]
         else:
             layers = [nn.LeakyReLU(0.2, True), down, norm_layer(norm, inner_nc), inner,
-                      nn.ReLU(True), upconv(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias),
+                      nn.ReLU(True), nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias),
                       norm_layer(norm, outer_nc)]
             if dropout:
                 layers += [nn.Dropout(0.5)]
@@ -204,23 +194,21 @@ class UnetBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """U-Net with num_downs downsamplings (8 for 256x256 inputs): widths 64-128-256-512-512-...,
     dropout 0.5 in the inner 512-wide levels (the generator's only noise, section 3.2)."""
-    def __init__(self, in_nc=3, out_nc=3, num_downs=8, ngf=64, norm='batch', dropout=True,
-                 conv=nn.Conv2d, upconv=nn.ConvTranspose2d):
+    def __init__(self, in_nc=3, out_nc=3, num_downs=8, ngf=64, norm='batch', dropout=True):
         super().__init__()
-        layers = dict(norm=norm, conv=conv, upconv=upconv)
-        block = UnetBlock(ngf * 8, ngf * 8, **layers)
+        block = UnetBlock(ngf * 8, ngf * 8, norm=norm)
         for _ in range(num_downs - 5):
-            block = UnetBlock(ngf * 8, ngf * 8, inner=block, dropout=dropout, **layers)
+            block = UnetBlock(ngf * 8, ngf * 8, inner=block, norm=norm, dropout=dropout)
         for mult in (4, 2, 1):
-            block = UnetBlock(ngf * mult, ngf * mult * 2, inner=block, **layers)
-        self.model = UnetBlock(out_nc, ngf, in_nc=in_nc, inner=block, **layers)
+            block = UnetBlock(ngf * mult, ngf * mult * 2, inner=block, norm=norm)
+        self.model = UnetBlock(out_nc, ngf, in_nc=in_nc, inner=block, norm=norm)
 
     def forward(self, x):
         return self.model(x)
 
 class ResnetBlock(nn.Module):
-    """Two 3x3 convolutions added to the input (no ReLU after the sum). With dropout (a pix2pix
-    option) the second convolution moves from index 5 to 6, as in the official files."""
+    """Two 3x3 convolutions added to the input. With dropout (a pix2pix option) the second
+    convolution moves from index 5 to 6, as in the official files."""
     def __init__(self, dim, norm, bias, dropout=False):
         super().__init__()
         layers = [ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(norm, dim),
@@ -276,7 +264,7 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 class PixelDiscriminator(nn.Module):
-    """1x1 PixelGAN: judges every pixel on its own. In the pix2pix paper (section 4.4) it adds
+    """1x1 PixelGAN: judges every pixel on its own; in the pix2pix paper (section 4.4) it adds
     colourfulness, not sharpness. Logits out."""
     def __init__(self, in_nc=3, ndf=64, norm='instance'):
         super().__init__()
@@ -287,73 +275,6 @@ class PixelDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.net(x)
-
-# The U-Net's small inner levels, faster on the CPU. At batch 1 and 256 px they work on 1x1 to
-# 16x16 pixels with up to 8M weights each, and there oneDNN's convolution kernels take 2-4x
-# longer than the same arithmetic as one matrix product: the 1024->512 transposed convolution at
-# 4x4 pixels, forward and backward, takes 43.7 ms in bfloat16 and 13.8 ms as a matrix product
-# (2 Xeon cores; every level's times are in the README). At 4x4 pixels and below a layer is all
-# weight traffic, and float32 skips the bfloat16 copies of the weights and of their gradients:
-# 2.9 ms against 4.2 ms for the 512->512 convolution at 2x2 pixels. Larger inputs and other
-# devices keep oneDNN's (or cuDNN's, MPS's) kernels. The values are the plain layer's to float
-# rounding; a test compares values and gradients.
-MATMUL_MAX_PIXELS = 16 * 16  # above it oneDNN's own kernels were as fast or faster
-FLOAT32_MAX_PIXELS = 4 * 4  # at 4x4 both took the same time; the whole step was 1-3% faster
-
-def runs_as_matmul(layer, x):
-    """Whether layer runs as a matrix product on x: small inputs on the CPU, and layers as the
-    U-Net has them (float32 weights, one group, zero padding given in pixels)."""
-    small = x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS
-    plain = layer.groups == 1 and layer.padding_mode == 'zeros'
-    plain = plain and not isinstance(layer.padding, str) and layer.weight.dtype == torch.float32
-    return x.device.type == 'cpu' and small and plain
-
-def matmul(weight, cols, x):
-    """weight @ cols for each image of the batch, as one matrix product with the images' columns
-    side by side (a view at batch 1). weight @ cols itself would broadcast the weight to a batch
-    and copy it: 32 MB per call for the 1024->512 levels, half the U-Net's forward time. In
-    float32 where x is tiny (see above), else in the autocast dtype."""
-    side_by_side = cols.transpose(0, 1).flatten(1)  # (K, N * L)
-    if x.shape[-2] * x.shape[-1] > FLOAT32_MAX_PIXELS:
-        y = weight @ side_by_side
-    else:
-        with torch.autocast('cpu', enabled=False):
-            y = weight @ side_by_side.float()
-    return y.unflatten(1, (len(cols), -1)).transpose(0, 1)  # (N, M, L)
-
-def add_bias(y, bias):
-    if bias is None:
-        return y
-    return y + bias.to(y.dtype)[:, None, None]
-
-class MatmulConv2d(nn.Conv2d):
-    """nn.Conv2d with the same parameters and state_dict keys. On small CPU inputs it runs as
-    the weight matrix times the unfolded input patches (im2col)."""
-    def forward(self, x):
-        if not runs_as_matmul(self, x):
-            return super().forward(x)
-        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
-        h, w = x.shape[-2:]
-        cols = F.unfold(x, k, d, p, s)  # (N, in_channels * kh * kw, out_h * out_w)
-        y = matmul(self.weight.flatten(1), cols, x)
-        out_h = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
-        out_w = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
-        return add_bias(y.unflatten(-1, (out_h, out_w)), self.bias)
-
-class MatmulConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d with the same parameters and state_dict keys. On small CPU inputs it
-    runs as the transposed weight matrix times the input, whose columns are then summed into
-    the output's overlapping patches (col2im, F.fold): the adjoint of MatmulConv2d."""
-    def forward(self, x, output_size=None):
-        if output_size is not None or not runs_as_matmul(self, x):
-            return super().forward(x, output_size)
-        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
-        h, w = x.shape[-2:]
-        extra = self.output_padding
-        cols = matmul(self.weight.flatten(1).t(), x.flatten(2), x)
-        out_h = (h - 1) * s[0] - 2 * p[0] + d[0] * (k[0] - 1) + extra[0] + 1
-        out_w = (w - 1) * s[1] - 2 * p[1] + d[1] * (k[1] - 1) + extra[1] + 1
-        return add_bias(F.fold(cols, (out_h, out_w), k, d, p, s), self.bias)
 
 def init_weights(net, init_type='normal', gain=0.02):
     """The official init: conv weights N(0, gain) (or xavier, kaiming, orthogonal), biases 0;
@@ -375,18 +296,14 @@ def init_weights(net, init_type='normal', gain=0.02):
             nn.init.zeros_(m.bias)
     return net
 
-def make_generator(netG, in_nc, out_nc, ngf, norm, dropout, conv=nn.Conv2d,
-                   upconv=nn.ConvTranspose2d):
+def make_generator(netG, in_nc, out_nc, ngf, norm, dropout):
     if netG.startswith('unet'):
-        num_downs = 8 if netG == 'unet_256' else 7
-        return UnetGenerator(in_nc, out_nc, num_downs, ngf, norm, dropout, conv, upconv)
-    n_blocks = 9 if netG == 'resnet_9blocks' else 6
-    return ResnetGenerator(in_nc, out_nc, ngf, norm, n_blocks, dropout)
+        return UnetGenerator(in_nc, out_nc, 8 if netG == 'unet_256' else 7, ngf, norm, dropout)
+    return ResnetGenerator(in_nc, out_nc, ngf, norm, 9 if netG == 'resnet_9blocks' else 6, dropout)
 
 def build_generator(args):
-    """For training: a U-Net gets the matrix-product layers above (same weights and keys)."""
     G = make_generator(args.netG, args.input_nc, args.output_nc, args.ngf, args.norm,
-                       not args.no_dropout, MatmulConv2d, MatmulConvTranspose2d)
+                       not args.no_dropout)
     return init_weights(G, args.init_type, args.init_gain)
 
 def build_discriminator(args):
@@ -407,9 +324,8 @@ def size_multiple(netG):
 # losses
 
 def gan_loss(pred, target_is_real, gan_mode):
-    """The adversarial loss (Eq. 1 of both papers): least squares ('lsgan', CycleGAN's default),
-    binary cross-entropy on logits ('vanilla', pix2pix's), or the critic's mean ('wgangp').
-    Always in float32."""
+    """The adversarial loss (Eq. 1 of both papers), in float32: least squares ('lsgan',
+    CycleGAN's), cross-entropy on logits ('vanilla', pix2pix's) or the critic's mean ('wgangp')."""
     pred = pred.float()
     target = torch.full_like(pred, float(target_is_real))
     if gan_mode == 'lsgan':
@@ -428,8 +344,7 @@ def gradient_penalty(D, real, fake, weight=10.0):
     return weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 def lr_factor(epoch, n_epochs, n_epochs_decay):
-    """Learning rate multiplier after `epoch` completed epochs: constant, then linear decay
-    (the official rule)."""
+    """The learning rate's multiplier after `epoch` epochs: 1, then a linear decay (official)."""
     return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1))
 
 # -----------------------------------------------------------------------------
@@ -487,12 +402,10 @@ def train_step(G, D_loss, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
     return {'G_GAN': loss_G_GAN.detach(), 'G_L1': loss_G_L1.detach(), 'D': loss_D.detach()}
 
 # -----------------------------------------------------------------------------
-# the training loop: its helpers first (device, checkpoints, data, networks, metrics, logging),
-# then train() itself
+# the training loop: its helpers first (device, checkpoints, data, metrics), then train() itself
 
 def check_run(args):
-    """What the networks need of the flags, checked before any work (also on resumed args)."""
-    check_flags(args)
+    """What the networks need of the flags, checked before any work."""
     multiple = size_multiple(args.netG)
     if args.crop_size % multiple:
         sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {multiple} for "
@@ -501,21 +414,18 @@ def check_run(args):
         sys.exit(f"error: --preprocess {args.preprocess} gives images of any size; --netG "
                  f"{args.netG} needs a crop (--preprocess resize_and_crop, crop or "
                  f"scale_width_and_crop)")
+    if 'crop' not in args.preprocess and args.batch_size > 1:
+        sys.exit(f"error: --preprocess {args.preprocess} keeps each image's own size, so a batch "
+                 f"holds one image; use --batch_size 1 or a --preprocess with a crop")
 
 def pick_device(name):
     """--device auto takes CUDA, then MPS, then the CPU; a device that is absent is an error."""
-    present = []
-    if torch.cuda.is_available():
-        present.append('cuda')
-    if torch.backends.mps.is_available():
-        present.append('mps')
-    present.append('cpu')
-    if name == 'auto':
-        return torch.device(present[0])
-    if name not in present:
+    present = [d for d, ok in [('cuda', torch.cuda.is_available()),
+                               ('mps', torch.backends.mps.is_available()), ('cpu', True)] if ok]
+    if name != 'auto' and name not in present:
         sys.exit(f"error: --device {name}: not present on this machine (present: "
                  f"{', '.join(present)}); use --device auto")
-    return torch.device(name)
+    return torch.device(present[0] if name == 'auto' else name)
 
 def autocast_dtype(name, device):
     """--dtype; auto: bfloat16 on CUDA compute capability 8+ and on CPUs with AVX-512 BF16 or
@@ -534,9 +444,7 @@ def autocast_dtype(name, device):
 def setup(args):
     """Device, process group (under torchrun), seed, autocast and the gradient scaler."""
     ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
-    rank, world = 0, 1
-    if ddp:
-        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     device = pick_device(args.device)
     if ddp and device.type == 'cuda':  # one GPU per process
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
@@ -545,11 +453,8 @@ def setup(args):
         torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     torch.manual_seed(args.seed)  # the same on every process: identical initial weights
     dtype = getattr(torch, autocast_dtype(args.dtype, device))
-    autocast = contextlib.nullcontext()
-    if dtype != torch.float32:
-        autocast = torch.autocast(device.type, dtype=dtype)
-    use_scaler = dtype == torch.float16 and device.type == 'cuda'
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return ddp, rank, world, device, autocast, scaler
 
 def check_writable(folder, flag):
@@ -562,23 +467,17 @@ def check_writable(folder, flag):
     except OSError as e:
         sys.exit(f"error: {flag} {folder}: not writable ({e.strerror})")
 
-def best_path(ckpt_path):
-    """Where a run with --fid_weights keeps its checkpoint of the lowest FID: best.pt beside
-    ckpt.pt, FILE_best.pt beside any other --ckpt FILE.pt."""
-    if os.path.basename(ckpt_path) == 'ckpt.pt':
-        return os.path.join(os.path.dirname(ckpt_path), 'best.pt')
-    root, ext = os.path.splitext(ckpt_path)
-    return f"{root}_best{ext}"
-
-def checkpoint_path(args):
-    return args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
+def checkpoint_paths(args):
+    """--ckpt (default out_dir/ckpt.pt), and the checkpoint of the lowest FID beside it: best.pt
+    beside ckpt.pt, FILE_best.pt beside another FILE.pt."""
+    path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
+    if os.path.basename(path) == 'ckpt.pt':
+        return path, os.path.join(os.path.dirname(path), 'best.pt')
+    return path, os.path.splitext(path)[0] + '_best' + os.path.splitext(path)[1]
 
 def first_line(e):
     """An exception's message in one line, even an empty one."""
-    lines = str(e).strip().splitlines()
-    if not lines:
-        return type(e).__name__
-    return lines[0][:160]
+    return (str(e).strip() or type(e).__name__).splitlines()[0][:160]
 
 def save_checkpoint(obj, path):
     """Write to a temporary file, fsync, then rename: a crash at any moment leaves the old file
@@ -606,34 +505,29 @@ def load_file(path):
         sys.exit(f"error: {path}: not a loadable weights file, or one that would run code when "
                  f"loaded ({first_line(e)})")
 
-def load_checkpoint(path, obj=None):
-    """Our checkpoint of this script, complete, or one line that says what the file is instead.
-    obj: the file's contents, if already loaded."""
-    if obj is None:
-        obj = load_file(path)
+def check_checkpoint(obj, path, script=SCRIPT):
+    """obj, if it is a complete checkpoint of `script`; else one line that says what it is."""
     if not isinstance(obj, dict) or 'script' not in obj:
-        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint")
-    if obj['script'] != SCRIPT:
-        sys.exit(f"error: {path} is not a {SCRIPT}.py checkpoint but a {obj['script']}.py one")
-    needed = ['args', 'epoch', 'epoch_iter', 'step', 'world_size', 'rng_cpu', *NETWORKS]
+        sys.exit(f"error: {path} is not a {script}.py checkpoint")
+    if obj['script'] != script:
+        sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py")
+    needed = ['args', 'epoch', 'epoch_iter', 'step', 'rng_cpu', *STATE]
     missing = [k for k in needed if k not in obj]
     if missing:
-        sys.exit(f"error: {path}: a {SCRIPT}.py checkpoint without {', '.join(missing)}; it "
+        sys.exit(f"error: {path}: a {script}.py checkpoint without {', '.join(missing)}; it "
                  f"cannot be used")
     return obj
 
 def load_weights(net, sd, path):
-    """net.load_state_dict(sd), after dropping the running statistics that old official files
-    carry under InstanceNorm layers; weights that do not fit are one line naming a few keys."""
-    stale = ('running_mean', 'running_var', 'num_batches_tracked')
+    """net.load_state_dict(sd), less the running statistics that old official files carry under
+    InstanceNorm layers; weights that do not fit are one line naming a few keys."""
     expected = net.state_dict()
+    stale = ('running_mean', 'running_var', 'num_batches_tracked')
     sd = {k: v for k, v in sd.items() if k in expected or not k.endswith(stale)}
-    found = {
-        'missing': [k for k in expected if k not in sd],
-        'unexpected': [k for k in sd if k not in expected],
-        'of other shapes': [k for k in expected
-                            if k in sd and getattr(sd[k], 'shape', None) != expected[k].shape],
-    }
+    found = {'missing': [k for k in expected if k not in sd],
+             'unexpected': [k for k in sd if k not in expected],
+             'of other shapes': [k for k in expected if k in sd
+                                 and getattr(sd[k], 'shape', None) != expected[k].shape]}
     problems = [f"{what}: {', '.join(keys[:3])}" for what, keys in found.items() if keys]
     if problems:
         sys.exit(f"error: {path}: not the weights of this {type(net).__name__} "
@@ -641,51 +535,48 @@ def load_weights(net, sd, path):
     net.load_state_dict(sd)
     return net
 
-def resume_args(args, given, path):
+def resume_args(given, path):
     """The checkpoint's args with the flags given now on top; architecture flags must not change.
     --max_iters holds only if given again; $FID_WEIGHTS, where set, comes before the saved value."""
-    ckpt = load_checkpoint(path)
+    ckpt = check_checkpoint(load_file(path), path)
     saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in ARCH_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
         sys.exit(f"error: cannot resume {path} with a different architecture: {', '.join(diff)}")
     fid_weights = os.environ.get('FID_WEIGHTS', saved['fid_weights'])
-    return argparse.Namespace(**{**saved, 'max_iters': None, 'fid_weights': fid_weights,
-                                 **given}), ckpt
+    args = {**saved, 'max_iters': None, 'fid_weights': fid_weights, **given}
+    return argparse.Namespace(**args), ckpt
 
-def make_test_set(args):
-    """Held-out pairs with the evaluation transform: <root>/test, else <root>/val (or A/test,
-    A/val); None if the dataroot has neither."""
+def held_out_data(args):
+    """A loader of held-out pairs with the evaluation transform: <root>/test, else <root>/val (or
+    A/test, A/val); None if the dataroot has neither."""
     channels = (args.input_nc, args.output_nc)
+    held = None
     if args.dataroot is None:
-        return data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction,
-                              channels=channels)
-    for phase in ('test', 'val'):
-        folders = [os.path.join(args.dataroot, phase), os.path.join(args.dataroot, 'A', phase)]
-        if any(os.path.isdir(f) for f in folders):
-            tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
-            return data.PairedFolders(args.dataroot, phase, tf, args.direction, channels=channels)
-    return None
-
-def check_fid_data(args, test_set):
-    """FID and KID compare distributions: they need a test split of at least two pairs."""
-    if not args.fid_weights:
-        return
-    if test_set is None:
+        held = data.Synthetic(args.crop_size, True, False, args.direction, channels)
+    else:
+        phases = [phase for phase in ('test', 'val')
+                  if any(os.path.isdir(os.path.join(args.dataroot, d, phase)) for d in ('', 'A'))]
+        tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
+        for phase in phases[:1]:
+            held = data.PairedFolders(args.dataroot, phase, tf, args.direction, channels=channels)
+    if args.fid_weights and held is None:
         sys.exit(f"error: --fid_weights: {args.dataroot} has no test or val split (test/, val/, "
                  f"A/test or A/val) to compute FID on")
-    if len(test_set) < 2:
+    if args.fid_weights and len(held) < 2:
         sys.exit(f"error: --fid_weights: FID needs at least 2 held-out pairs; {args.dataroot} "
-                 f"has {len(test_set)}")
+                 f"has {len(held)}")
+    if held is None:
+        return None
+    same_size = args.dataroot is None or 'crop' in args.preprocess  # else one image at a time
+    return torch.utils.data.DataLoader(held, 16 if same_size else 1)
 
 def make_data(args, rank, world):
-    """The training loader, a loader of held-out pairs (None without a test or val split), and
-    four fixed pairs for the grids (held-out where there are any)."""
+    """The training loader, and four fixed pairs for the grids (held-out where there are any)."""
     channels = (args.input_nc, args.output_nc)
     if args.dataroot is None:
-        train_set = data.Synthetic(args.crop_size, paired=True, direction=args.direction,
-                                   channels=channels)
+        train_set = data.Synthetic(args.crop_size, True, True, args.direction, channels)
     else:
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
         train_set = data.PairedFolders(args.dataroot, 'train', tf, args.direction,
@@ -695,21 +586,15 @@ def make_data(args, rank, world):
         train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
         pin_memory=torch.cuda.is_available(), drop_last=True,
         generator=torch.Generator())  # its own RNG: the global one stays exact on resume
-    test_set = make_test_set(args)
-    # without a crop, images keep their own sizes: one at a time
-    same_size = args.dataroot is None or 'crop' in args.preprocess
-    test_loader = None
-    if test_set is not None:
-        test_loader = torch.utils.data.DataLoader(test_set, 16 if same_size else 1)
-    check_fid_data(args, test_set)
-    shown = test_set if test_set is not None else train_set
-    fixed = next(iter(torch.utils.data.DataLoader(shown, 4 if same_size else 1)))
-    return loader, test_loader, fixed
+    held = held_out_data(args)
+    if held is None:
+        return loader, next(iter(torch.utils.data.DataLoader(train_set, 4)))
+    return loader, next(iter(torch.utils.data.DataLoader(held.dataset, min(held.batch_size, 4))))
 
 def build_model(args, device):
     """The two networks by name, the two modules the training step runs (G, and D inside its
     loss), and their optimizers. channels_last (NHWC) runs the discriminators faster; the U-Net
-    was faster without it, fused Adam being slower on its large weights in that layout (README)."""
+    was faster without it."""
     G = build_generator(args).to(device)
     D = build_discriminator(args).to(device, memory_format=torch.channels_last)
     D_loss = DiscriminatorLoss(D, args.gan_mode, args.norm in ('instance', 'none'))
@@ -730,43 +615,32 @@ def distribute(G, D, args, ddp, device):
         D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
     return nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
 
-def diverged_message(what, step, path):
-    return (f"error: the {what} became NaN or infinite at iteration {step}; {path} keeps the "
-            f"last good state. Try a lower --lr or --dtype float32")
-
-def save_run(path, args, stateful, world, epoch, epoch_iter, step, best_fid=math.inf):
-    """The checkpoint: everything needed to continue exactly (weights, optimizers and the rest of
-    `stateful`, the position in the data, the RNG states, the arguments, the lowest FID so far).
-    Weights that are not finite never reach the disk."""
+def save_run(path, args, stateful, world, position, best_fid):
+    """The checkpoint: everything needed to continue exactly (`stateful`: networks, optimizers
+    and the rest; the position: epoch, iteration in it, iteration; the RNG states, the args and
+    the lowest FID so far). Weights that are not finite never reach the disk."""
     for obj in stateful.values():
         if isinstance(obj, nn.Module) and not all(p.isfinite().all() for p in obj.parameters()):
-            sys.exit(diverged_message('weights', step, path))
-    ckpt = dict(script=SCRIPT, args=vars(args), epoch=epoch, epoch_iter=epoch_iter, step=step,
-                world_size=world, rng_cpu=torch.get_rng_state(), best_fid=best_fid)
+            sys.exit(f"error: the weights became NaN or infinite at iteration {position[2]}; "
+                     f"{path} keeps the last good state. Try a lower --lr or --dtype float32")
+    ckpt = dict(script=SCRIPT, args=vars(args), epoch=position[0], epoch_iter=position[1],
+                step=position[2], world_size=world, rng_cpu=torch.get_rng_state(),
+                best_fid=best_fid, **{name: obj.state_dict() for name, obj in stateful.items()})
     if torch.cuda.is_initialized():
         ckpt['rng_cuda'] = torch.cuda.get_rng_state()
-    for name, obj in stateful.items():
-        ckpt[name] = obj.state_dict()
     save_checkpoint(ckpt, path)
 
-def restore_run(ckpt, stateful, args, world, device):
-    """Loads what save_run wrote; returns the position (epoch, iteration in it, iteration). Under
-    another batch size or number of processes, the position is counted in images: the epoch goes
-    on after the images already seen, and the schedule ends where it would have."""
-    missing = [name for name in stateful if name not in ckpt]
-    if missing:
-        sys.exit(f"error: {checkpoint_path(args)}: a checkpoint without {', '.join(missing)}; "
-                 f"it cannot be resumed")
+def restore_run(ckpt, stateful, images_per_step, device):
+    """Loads what save_run wrote; returns the position. Under another batch size or number of
+    processes it is counted in images: the epoch goes on after the images already seen."""
     for name, obj in stateful.items():
         obj.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt['rng_cpu'])
     if device.type == 'cuda' and 'rng_cuda' in ckpt:
         torch.cuda.set_rng_state(ckpt['rng_cuda'])
-    images_per_step = args.batch_size * world
-    saved_images_per_step = ckpt['args']['batch_size'] * ckpt['world_size']
-    epoch_iter = ckpt['epoch_iter'] * saved_images_per_step // images_per_step
-    step = ckpt['step'] * saved_images_per_step // images_per_step
-    return ckpt['epoch'], epoch_iter, step
+    saved = ckpt['args']['batch_size'] * ckpt.get('world_size', 1)
+    epoch_iter = ckpt['epoch_iter'] * saved // images_per_step
+    return ckpt['epoch'], epoch_iter, ckpt['step'] * saved // images_per_step
 
 def psnr(x, y):
     """Peak signal-to-noise ratio in dB of images in [-1, 1], per image."""
@@ -786,110 +660,6 @@ def ssim(x, y, size=11, sigma=1.5):
     s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)
 
-def load_inception(path):
-    """The standard FID Inception network (torch-fidelity's, as torchmetrics runs it) with the
-    weights in path; its own resizing to 299x299, its 2048 pool features."""
-    load_file(path)  # weights only: torch-fidelity's own load would run any code in the file
-    try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
-        return NoTrainInceptionV3('inception-v3-compat', ['2048'], path, antialias=False)
-    except ModuleNotFoundError:
-        sys.exit("error: --fid_weights: the Inception weights need torch-fidelity: "
-                 "pip install torch-fidelity")
-    except Exception as e:  # whatever the file holds instead
-        sys.exit(f"error: --fid_weights {path}: not the FID Inception weights, a .pt2 export or "
-                 f"a TorchScript file ({first_line(e)})")
-
-def is_torchscript(path):
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith('/constants.pkl') for name in archive.namelist())
-
-def load_feature_network(path):
-    """A feature network of one's own: a torch.export file (.pt2) or TorchScript."""
-    try:
-        if path.endswith('.pt2'):
-            return torch.export.load(path).module()
-        with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
-            warnings.simplefilter('ignore', FutureWarning)
-            return torch.jit.load(path, map_location='cpu')
-    except Exception as e:  # whatever the file holds instead
-        sys.exit(f"error: --fid_weights {path}: not a loadable feature network ({first_line(e)})")
-
-class FeatureNetwork:
-    """--fid_weights FILE: the network whose features FID and KID compare. Called on images in
-    [-1, 1] (any size, 1 or 3 channels), it rounds them to 8 bits as a saved PNG would, and
-    returns an (N, D) feature matrix. FILE is one of:
-    - the standard FID Inception weights, pt_inception-2015-12-05-6726825d.pth as pytorch-fid
-      and torch-fidelity download it (needs torchmetrics and torch-fidelity);
-    - a network exported with torch.export (.pt2), or a TorchScript file: it gets 299x299 RGB
-      in [-1, 1] and returns (N, D) features (needs torchmetrics).
-    Nothing is downloaded: without the file there is no FID."""
-    def __init__(self, path, device):
-        if not os.path.isfile(path):
-            sys.exit(f"error: --fid_weights {path}: no such file")
-        try:
-            import torchmetrics  # noqa: F401 (distances() needs it)
-        except ImportError:
-            sys.exit("error: --fid_weights needs torchmetrics: pip install torchmetrics")
-        self.inception = not path.endswith('.pt2') and not is_torchscript(path)
-        if self.inception:
-            self.net = load_inception(path)
-        else:
-            self.net = load_feature_network(path)
-        self.net.to(device)
-        try:  # once now, not first at an evaluation hours into the run
-            shape = tuple(self(torch.zeros(2, 3, 32, 32, device=device)).shape)
-        except Exception as e:
-            sys.exit(f"error: --fid_weights {path}: the network fails on a batch of 2 images "
-                     f"({first_line(e)})")
-        if len(shape) != 2 or shape[0] != 2:
-            sys.exit(f"error: --fid_weights {path}: gives features of shape {shape} for 2 images; "
-                     f"an (N, D) matrix is needed")
-
-    @torch.no_grad()
-    def __call__(self, images):
-        levels = ((images.float() + 1) * 127.5).round().clamp(0, 255)
-        levels = levels.expand(-1, 3, -1, -1)  # grayscale as RGB
-        if self.inception:
-            return self.net(levels.to(torch.uint8)).float()
-        x = F.interpolate(levels / 127.5 - 1, size=(299, 299), mode='bilinear',
-                          align_corners=False)
-        return self.net(x).float()
-
-class PassFeatures(nn.Module):
-    """torchmetrics runs its `feature` module on what update() gets; these get features already
-    computed (once for both metrics), so the module passes them on."""
-    def __init__(self, num_features):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, x):
-        return x
-
-def distances(real, fake):
-    """FID (Heusel et al. 2017, the Frechet distance of two Gaussians fitted to the features) and
-    KID (Binkowski et al. 2018, the unbiased MMD^2 with a cubic polynomial kernel, averaged over
-    100 subsets of up to 1000 images), both by torchmetrics, in float64. Lower is better. KID's
-    subsets come from a fixed seed, so the same features give the same KID and the training's
-    random stream is left untouched."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-    real, fake = real.cpu(), fake.cpu()
-    subset_size = min(1000, len(real), len(fake))
-    with warnings.catch_warnings():  # KID warns that it keeps every feature: a few MB here
-        warnings.simplefilter('ignore', UserWarning)
-        fid = FrechetInceptionDistance(PassFeatures(real.shape[1]))
-        kid = KernelInceptionDistance(PassFeatures(real.shape[1]), subset_size=subset_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(0)  # the CPU's alone: KID draws its subsets there
-        for metric in (fid, kid):
-            metric.update(real, real=True)
-            metric.update(fake, real=False)
-        kid_mean, _ = kid.compute()
-        return dict(fid=fid.compute().item(), kid=kid_mean.item())
-
 @contextlib.contextmanager
 def test_mode(G, train_mode):
     """Yields the generator to test with: G in eval mode (deterministic: no dropout, running batch
@@ -907,7 +677,7 @@ def test_mode(G, train_mode):
 @torch.no_grad()
 def evaluate(G, loader, device, train_mode=False, features=None):
     """Mean L1, PSNR and SSIM of G(A) against the true B, next to the untranslated input's; with
-    features (--fid_weights), FID and KID of G(A) against the real B."""
+    features (tools/fid.py), FID and KID of G(A) against the real B."""
     sums, n = {}, 0
     reals, fakes = [], []  # features, for FID and KID
     with test_mode(G, train_mode) as G_test:
@@ -927,7 +697,7 @@ def evaluate(G, loader, device, train_mode=False, features=None):
                 fakes.append(features(fake_B))
     scores = {k: v / n for k, v in sums.items()}
     if features is not None:
-        scores.update(distances(torch.cat(reals), torch.cat(fakes)))
+        scores.update(features.distances(torch.cat(reals), torch.cat(fakes)))
     return scores
 
 @torch.no_grad()
@@ -938,34 +708,13 @@ def save_samples(G, A, B, path, train_mode=False):
     grid = torch.stack([r[i].float().expand(3, -1, -1) for i in range(len(A)) for r in rows])
     torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3)  # gray: as RGB
 
-def describe_task(args):
-    if args.dataroot is not None:
-        return args.dataroot
-    return f"{SYNTHETIC_TASK}, preset {json.dumps({k: vars(args)[k] for k in SYNTHETIC_PRESET})}"
-
 def format_scores(scores, digits=3):
     return ' '.join(f"{k} {v:.{digits}f}" for k, v in scores.items())
 
-class Log:
-    """log.jsonl in out_dir, one JSON object per line; with --tensorboard, TensorBoard too."""
-    def __init__(self, out_dir, tensorboard):
-        self.path = os.path.join(out_dir, 'log.jsonl')
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
-            except ImportError:
-                print("--tensorboard: the tensorboard package is not installed "
-                      "(pip install tensorboard); logging to log.jsonl only")
-
-    def write(self, step, record):
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(dict(step=step, **record)) + '\n')
-        if self.tb is not None:
-            for k, v in record.items():
-                self.tb.add_scalar(k, v, step)
-            self.tb.flush()
+def log(out_dir, step, record):
+    """Appends the record to out_dir/log.jsonl (tools/tensorboard.py shows it in TensorBoard)."""
+    with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+        f.write(json.dumps(dict(step=step, **record)) + '\n')
 
 class StopRequest:
     """Ctrl-C or SIGTERM sets `requested`: the loop finishes its iteration, saves and exits."""
@@ -978,8 +727,8 @@ class StopRequest:
         self.requested = True
 
 def start_epoch(loader, epoch, epoch_iter, batch_size):
-    """An iterator over the epoch's batches from iteration epoch_iter on. Sampler and dataset
-    draw the epoch's random choices from (seed, epoch), so a resumed run sees the same images."""
+    """The epoch's batches from iteration epoch_iter on. Sampler and dataset draw the epoch's
+    random choices from (seed, epoch), so a resumed run sees the same images."""
     loader.sampler.epoch = epoch
     loader.dataset.epoch = epoch
     loader.sampler.start = epoch_iter * batch_size
@@ -1005,55 +754,53 @@ def due(step, freq, total):
 
 def train(args, given):
     """Trains pix2pix / PixelGAN as args say; returns the two networks by name."""
-    # setup: the run to continue, device, process group and precision
-    ckpt_path = checkpoint_path(args)
+    # setup: the run to continue (a new run replaces no earlier one), device, precision
+    ckpt_path, best_path = checkpoint_paths(args)
     ckpt = None
     if args.resume:
-        args, ckpt = resume_args(args, given, ckpt_path)
-    elif os.path.exists(ckpt_path):
-        sys.exit(f"error: {ckpt_path} exists; continue that run with --resume, or give another "
-                 f"--out_dir (or --ckpt) to start a new one")
-    elif os.path.exists(best_path(ckpt_path)):
-        sys.exit(f"error: {best_path(ckpt_path)} exists (an earlier run's best checkpoint); give "
-                 f"another --out_dir (or --ckpt) to start a new run")
+        args, ckpt = resume_args(given, ckpt_path)
+    for path in [ckpt_path, best_path]:
+        if ckpt is None and os.path.exists(path):
+            sys.exit(f"error: {path} exists; continue that run with --resume, or give another "
+                     f"--out_dir (or --ckpt) to start a new one")
     check_run(args)
     check_writable(args.out_dir, '--out_dir')  # on every process, before any waits for another
     ddp, rank, world, device, autocast, scaler = setup(args)
     master = rank == 0  # only rank 0 prints, evaluates and writes
-    log = None
     if master:
-        print(f"training on {describe_task(args)}")
-        log = Log(args.out_dir, args.tensorboard)
-    features = None  # with --fid_weights, the network FID and KID compare images with; every
-    if args.fid_weights:  # process loads it, so that a bad file stops them all; rank 0 uses it
+        preset = json.dumps({k: vars(args)[k] for k in SYNTHETIC_PRESET})
+        print(f"training on {args.dataroot or f'{SYNTHETIC_TASK}, preset {preset}'}")
+    features = None  # with --fid_weights, what FID and KID compare: every process loads it, so
+    if args.fid_weights:  # that a bad file stops them all; rank 0 uses it
+        from tools.fid import FeatureNetwork
         features = FeatureNetwork(args.fid_weights, device)
-    # data (the dataset applies --direction)
-    loader, test_loader, fixed = make_data(args, rank, world)
-    # networks, optimizers, and what the checkpoint keeps of them
+    # data (the datasets apply --direction), networks, optimizers
+    loader, fixed = make_data(args, rank, world)
+    test_loader = held_out_data(args)
     nets, G, D_loss, opt_G, opt_D = build_model(args, device)
     stateful = dict(**nets, opt_G=opt_G, opt_D=opt_D)
     if master:
         for name, net in nets.items():
             print(f"{name} parameters: {sum(p.numel() for p in net.parameters())}")
+    # resume: the state, and the position in the schedule
     epoch, epoch_iter, step, best_fid = 0, 0, 0, math.inf
     if ckpt is not None:
-        epoch, epoch_iter, step = restore_run(ckpt, stateful, args, world, device)
+        epoch, epoch_iter, step = restore_run(ckpt, stateful, args.batch_size * world, device)
         best_fid = ckpt.get('best_fid', math.inf)
-        if os.path.exists(best_path(ckpt_path)):  # newer than ckpt.pt after a hard stop
-            best_fid = min(best_fid, load_checkpoint(best_path(ckpt_path))['best_fid'])
+        if os.path.exists(best_path):  # newer than ckpt.pt after a hard stop
+            best = check_checkpoint(load_file(best_path), best_path)
+            best_fid = min(best_fid, best['best_fid'])
         if master:
             print(f"resumed {ckpt_path} at epoch {epoch + 1}, iteration {step}")
     G, D_loss = distribute(G, D_loss, args, ddp, device)
     if args.compile:
         G, D_loss = torch.compile(G), torch.compile(D_loss)
     # the schedule: n_epochs + n_epochs_decay epochs, or --max_iters iterations
-    iters_per_epoch = len(loader)  # per process: each process reads its own shard
-    if iters_per_epoch == 0:
+    if len(loader) == 0:  # per process: each process reads its own shard
         sys.exit(f"error: {len(loader.dataset)} training images make no batch of --batch_size "
                  f"{args.batch_size} on {world} process(es)")
-    total = (args.n_epochs + args.n_epochs_decay) * iters_per_epoch
-    if args.max_iters is not None:
-        total = min(total, args.max_iters)
+    total = (args.n_epochs + args.n_epochs_decay) * len(loader)
+    total = min(total, args.max_iters if args.max_iters is not None else total)
 
     stop = StopRequest()
     batches = start_epoch(loader, epoch, epoch_iter, args.batch_size)
@@ -1091,45 +838,42 @@ def train(args, given):
         if ddp:
             diverging, stopping = any_process([diverging, stopping], device)
         if diverging:
-            sys.exit(diverged_message(f"loss ({losses})", step, ckpt_path))
+            sys.exit(f"error: the loss ({losses}) became NaN or infinite at iteration {step}; "
+                     f"{ckpt_path} keeps the last good state. Try a lower --lr or --dtype float32")
         # log: losses, speed, time to go
         if master and due(step, args.print_freq, total):
             seconds, steps = time.time() - t_last, step - step_last
             ips = steps * args.batch_size * world / seconds
-            data_ms = 1000 * data_time / steps
-            print(f"epoch {epoch + 1} iter {step}/{total} | {format_scores(losses)} | "
-                  f"{ips:.1f} img/s, data {data_ms:.0f} ms/it | "
-                  f"ETA {(total - step) * seconds / steps / 60:.1f} min")
-            log.write(step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips,
-                                 data_ms_per_iter=data_ms, **losses))
+            eta = (total - step) * seconds / steps / 60
+            print(f"epoch {epoch + 1} iter {step}/{total} | {format_scores(losses)} | {ips:.1f} "
+                  f"img/s, data {1000 * data_time / steps:.0f} ms/it | ETA {eta:.1f} min")
+            log(args.out_dir, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
             t_last, step_last, data_time = time.time(), step, 0.0
         # samples: the translations of the fixed held-out images
         if master and due(step, args.display_freq, total):
             path = os.path.join(args.out_dir, f"samples_{step:07d}.png")
-            save_samples(nets['G'], fixed['A'].to(device), fixed['B'].to(device), path,
-                         args.test_train_mode)
+            A, B = fixed['A'].to(device), fixed['B'].to(device)
+            save_samples(nets['G'], A, B, path, args.test_train_mode)
         # evaluation against the held-out ground truth; FID and KID with --fid_weights
         scores = {}
         if master and test_loader is not None and due(step, args.eval_freq, total):
             scores = evaluate(nets['G'], test_loader, device, args.test_train_mode, features)
             print(f"eval at iter {step}: {format_scores(scores)}")
-            log.write(step, scores)
-        # the best checkpoint by FID (cyclegan: both directions summed), best.pt beside ckpt.pt
-        fids = [v for k, v in scores.items() if k.startswith('fid')]
-        if fids and sum(fids) < best_fid:
-            best_fid = sum(fids)
-            save_run(best_path(ckpt_path), args, stateful, world, epoch, epoch_iter, step,
-                     best_fid)
-        # save: every save_latest_freq iterations, at the end, and when asked to stop
+            log(args.out_dir, step, scores)
+        # save: best.pt at a new lowest FID; ckpt.pt every
+        # save_latest_freq iterations, at the end, and when asked to stop
+        if scores.get('fid', math.inf) < best_fid:
+            best_fid = scores['fid']
+            save_run(best_path, args, stateful, world, [epoch, epoch_iter, step], best_fid)
         if master and (due(step, args.save_latest_freq, total) or stopping):
-            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step, best_fid)
+            save_run(ckpt_path, args, stateful, world, [epoch, epoch_iter, step], best_fid)
 
     if ddp:
         torch.distributed.destroy_process_group()
     if failed:  # rank 0 saves the last finished iteration; the process that met the file names it
         message = data_error or "a file broke on another process (its message names it)"
         if master:
-            save_run(ckpt_path, args, stateful, world, epoch, epoch_iter, step, best_fid)
+            save_run(ckpt_path, args, stateful, world, [epoch, epoch_iter, step], best_fid)
             message += (f"\nsaved {ckpt_path} at iteration {step}; fix or remove the file, "
                         f"then add --resume")
         sys.exit(f"error: {message}")
@@ -1144,70 +888,53 @@ def train(args, given):
     return nets
 
 # -----------------------------------------------------------------------------
-# inference, evaluation only, and export
+# inference
 
 def official_norm(sd, first_conv):
     """The norm an official file was trained with: batch norm keeps weights of its own; else the
     convolutions carry a bias only with instance norm (the official rule), none with 'none'."""
     if any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items()):
         return 'batch'
-    if first_conv + '.bias' in sd:
-        return 'instance'
-    return 'none'
+    return 'instance' if first_conv + '.bias' in sd else 'none'
 
-def generator_from_file(path, obj=None):
-    """The generator from our checkpoint, or from an official .pth state_dict (U-Net depth, width,
-    batch or instance norm, dropout inferred from its keys and shapes). Returns (G, netG)."""
-    if obj is None:  # obj: the file's contents, if already loaded
-        obj = load_file(path)
+def load_generator(path, direction='AtoB'):
+    """The generator from our checkpoint, or from an official .pth state_dict (U-Net depth or
+    ResNet blocks, width, channels, norm, dropout read from its keys and shapes), and the
+    multiple its input sides need. (direction: the datasets apply it; here for cyclegan's sake)"""
+    obj = load_file(path)
     if isinstance(obj, dict) and 'script' in obj:
-        if obj['script'] != SCRIPT:
-            sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py "
-                     f"--translate")
-        a = load_checkpoint(path, obj)['args']
+        a = check_checkpoint(obj, path)['args']
         G = make_generator(a['netG'], a.get('input_nc', 3), a.get('output_nc', 3), a['ngf'],
                            a['norm'], not a['no_dropout'])
-        return load_weights(G, obj['G'], path), a['netG']
-    sd = {}
-    if isinstance(obj, dict):
-        sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()}
+        return load_weights(G, obj['G'], path), size_multiple(a['netG'])
+    sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()} if isinstance(obj, dict) else {}
     if 'model.model.0.weight' in sd:
         num_downs = max(k.split('.').count('model') for k in sd) - 1
-        netG = f"unet_{2 ** num_downs}"
         first = sd['model.model.0.weight']
         out_nc = getattr(sd.get('model.model.3.weight'), 'shape', [0, 3])[1]  # ConvTranspose
         G = UnetGenerator(first.shape[1], out_nc, num_downs, first.shape[0],
                           official_norm(sd, 'model.model.0'))
-    elif getattr(sd.get('model.1.weight'), 'shape', [0])[-1] == 7:
-        n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
-        dropout = getattr(sd.get('model.10.conv_block.6.weight'), 'ndim', 0) == 4  # a conv there
-        netG = f"resnet_{n_blocks}blocks"
-        first = sd['model.1.weight']
-        out_nc = getattr(sd.get(f"model.{n_blocks + 17}.weight"), 'shape', [3])[0]  # last conv
-        G = ResnetGenerator(first.shape[1], out_nc, first.shape[0], official_norm(sd, 'model.1'),
-                            n_blocks, dropout)
-    else:
+        return load_weights(G, sd, path), 2 ** num_downs
+    w = sd.get('model.1.weight')
+    if w is None or w.ndim != 4 or w.shape[-1] != 7:
         kind = 'not a generator state_dict'
         if 'model.0.weight' in sd or 'net.0.weight' in sd:
             kind = 'a discriminator'
-        sys.exit(f"error: {path}: {kind}; pixelgan.py --translate needs a U-Net or ResNet "
-                 f"generator")
-    return load_weights(G, sd, path), netG
-
-def inference_generator(args):
-    """What --translate runs: the generator, in eval mode (in train mode with --test_train_mode),
-    and the multiple its input sides must have."""
-    G, netG = generator_from_file(checkpoint_path(args))
-    return G.train(args.test_train_mode), size_multiple(netG)
+        sys.exit(f"error: {path}: {kind}; pixelgan.py needs a U-Net or ResNet generator")
+    n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
+    dropout = getattr(sd.get('model.10.conv_block.6.weight'), 'ndim', 0) == 4  # a conv there
+    out_nc = getattr(sd.get(f"model.{n_blocks + 17}.weight"), 'shape', [3])[0]  # the last conv
+    norm = official_norm(sd, 'model.1')
+    G = ResnetGenerator(w.shape[1], out_nc, w.shape[0], norm, n_blocks, dropout)
+    return load_weights(G, sd, path), 4
 
 def run_generator(G, x, multiple):
     """G on an image of any size: padded to a multiple, and to at least 8 pixels (the ResNet's
     reflection padding needs 2 after its two downsamplings), then cropped back. The padding
     reflects the image where it is large enough, else repeats its edge."""
     h, w = x.shape[-2:]
-    smallest = max(multiple, 8)
-    pad_h = max(-h % multiple, smallest - h)
-    pad_w = max(-w % multiple, smallest - w)
+    pad_h = max(-h % multiple, max(multiple, 8) - h)
+    pad_w = max(-w % multiple, max(multiple, 8) - w)
     mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
     return G(F.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
 
@@ -1226,179 +953,45 @@ def input_channels(G):
 
 @torch.no_grad()
 def translate(args):
-    """--translate: each image under the path, at its own size, through the generator; a PNG per
-    image with the same relative name, and an index.html that shows input and output."""
+    """--translate: each image under the path, at its own size, through the generator (in eval
+    mode; with --test_train_mode in train mode); a PNG per image with the same relative name, and
+    an index.html that shows input and output."""
     device = pick_device(args.device)
-    G, multiple = inference_generator(args)
-    G.to(device)
+    ckpt_path = checkpoint_paths(args)[0]
+    G, multiple = load_generator(ckpt_path, args.direction)
+    G.train(args.test_train_mode).to(device)
     channels = input_channels(G)
     if channels not in (1, 3):
-        sys.exit(f"error: {checkpoint_path(args)}: a generator of {channels}-channel images; "
-                 f"--translate reads images as 1 (grayscale) or 3 (RGB) channels")
+        sys.exit(f"error: {ckpt_path}: a generator of {channels}-channel images; --translate "
+                 f"reads images as 1 (grayscale) or 3 (RGB) channels")
     paths, base = [args.translate], os.path.dirname(args.translate)
     if not os.path.isfile(args.translate):
         paths, base = data.find_images(args.translate), args.translate
     outs = [os.path.join(args.results_dir, os.path.splitext(os.path.relpath(p, base))[0] + '.png')
             for p in paths]
-    inputs = {os.path.abspath(p) for p in paths}
-    for out in outs:
-        if os.path.abspath(out) in inputs:
-            sys.exit(f"error: --results_dir {args.results_dir}: the output would replace the "
-                     f"input {out}; choose another --results_dir")
+    clash = {os.path.abspath(p) for p in paths} & {os.path.abspath(p) for p in outs}
+    if clash:
+        sys.exit(f"error: --results_dir {args.results_dir}: the output would replace the input "
+                 f"{clash.pop()}; choose another --results_dir")
     check_writable(args.results_dir, '--results_dir')
     rows = []
     for path, out in zip(paths, outs):
         x = torchvision.transforms.functional.to_tensor(data.load_image(path, channels))
-        y = run_generator(G, x[None].to(device) * 2 - 1, multiple)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        save_png(y, out)
-        src = os.path.relpath(os.path.abspath(path), os.path.abspath(args.results_dir))
-        dst = os.path.relpath(os.path.abspath(out), os.path.abspath(args.results_dir))
+        save_png(run_generator(G, x[None].to(device) * 2 - 1, multiple), out)
+        src, dst = (os.path.relpath(os.path.abspath(p), os.path.abspath(args.results_dir))
+                    for p in (path, out))
         rows.append(f"<tr><td>{src}</td><td><img src='{src}'></td><td><img src='{dst}'></td></tr>")
     with open(os.path.join(args.results_dir, 'index.html'), 'w') as f:
         f.write("<html><body><table><tr><th>file</th><th>input</th><th>output</th></tr>"
                 f"{''.join(rows)}</table></body></html>\n")
-    print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them side "
-          f"by side)")
-
-def eval_only(args, given):
-    """--eval_only: the evaluation alone; with our checkpoint, its direction and sizes unless
-    given now."""
-    device = pick_device(args.device)
-    path = checkpoint_path(args)
-    saved = load_file(path)
-    G, _ = generator_from_file(path, saved)
-    if isinstance(saved, dict) and saved.get('script') == SCRIPT:
-        from_ckpt = {k: saved['args'][k] for k in EVAL_FLAGS}
-        args = argparse.Namespace(**{**vars(args), **from_ckpt, **given})
-    test_set = make_test_set(args)
-    if test_set is None:
-        sys.exit(f"error: {args.dataroot}: no test or val split (test/, val/, A/test or A/val)")
-    check_fid_data(args, test_set)
-    features = None
-    if args.fid_weights:
-        features = FeatureNetwork(args.fid_weights, device)
-    loader = torch.utils.data.DataLoader(test_set, 16)
-    scores = evaluate(G.to(device), loader, device, args.test_train_mode, features)
-    print(format_scores(scores, digits=4))
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, 'log.jsonl'), 'a') as f:
-        f.write(json.dumps(dict(eval_only=path, **scores)) + '\n')
-
-def export_official(args):
-    """--export_official: each network as a bare state_dict in latest_net_<name>.pth, as the
-    official test script loads them."""
-    ckpt = load_checkpoint(checkpoint_path(args))
-    check_writable(args.export_official, '--export_official')
-    for name in NETWORKS:
-        save_checkpoint(ckpt[name], os.path.join(args.export_official, f"latest_net_{name}.pth"))
-    print(f"wrote latest_net_{{{','.join(NETWORKS)}}}.pth into {args.export_official}")
-
-def export_onnx(G, example, dynamic, path):
-    try:
-        import onnx, onnxscript  # noqa: F401 (torch.onnx needs both)
-    except ImportError:
-        sys.exit("error: --export to .onnx needs the onnx packages: pip install onnx onnxscript")
-    torch.onnx.export(G, (example,), path, dynamic_shapes=dynamic, dynamo=True, verbose=False,
-                      external_data=False)  # one file
-
-def export_generator(args):
-    """--export FILE: the generator that --translate runs, in eval mode, for use without this code:
-    FILE.pt2 (torch.export) or FILE.onnx (with the onnx and onnxscript packages). Height and width
-    stay free: any multiples of what the generator needs, from 8 pixels (ResNet) or one multiple
-    (U-Net) up."""
-    if os.path.splitext(args.export)[1] not in ('.pt2', '.onnx'):
-        sys.exit(f"error: --export {args.export}: name a .pt2 or an .onnx file")
-    G, multiple = inference_generator(args)
-    G = G.eval().float().cpu()
-    channels = input_channels(G)
-    smallest = max(multiple, 8) // multiple  # in multiples
-    height = torch.export.Dim('height', min=smallest)
-    width = torch.export.Dim('width', min=smallest)
-    dynamic = {'x': {2: multiple * height, 3: multiple * width}}
-    example = torch.randn(1, channels, 2 * max(multiple, 8), 2 * max(multiple, 8))
-    os.makedirs(os.path.dirname(os.path.abspath(args.export)), exist_ok=True)
-    # the U-Net's innermost level is 1x1 at the smallest size: without size-oblivious reasoning
-    # torch.export would keep that size out of the range
-    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-        if args.export.endswith('.pt2'):
-            torch.export.save(torch.export.export(G, (example,), dynamic_shapes=dynamic),
-                              args.export)
-        else:
-            export_onnx(G, example, dynamic, args.export)
-    print(f"wrote {args.export}: input 1 x {channels} x H x W in [-1, 1], H and W multiples of "
-          f"{multiple} from {smallest * multiple}")
-
-# -----------------------------------------------------------------------------
-# the benchmark: the training step that train() runs, timed on random tensors
-
-PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12}  # dense, for MFU
-
-def random_images(args, channels, device):
-    size = (args.batch_size, channels, args.crop_size, args.crop_size)
-    return torch.rand(size, device=device) * 2 - 1
-
-def report_speed(step_fn, args, device, n_images, flops):
-    """Times step_fn after three warm-up steps: the median over --max_iters steps (default 10),
-    as the official figures in the README. Prints one figure a line, then all as one JSON line."""
-    import resource
-    times = []
-    for _ in range(3 + (args.max_iters or 10)):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        step_fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    sec = statistics.median(times[3:])
-    name, peak = 'cpu', None
-    peak_mem_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        peak_mem_mib = torch.cuda.max_memory_allocated() / 2**20
-    result = dict(ms_per_iter=1000 * sec, images_per_s=n_images / sec, flops_per_iter=flops,
-                  flops_per_s=flops / sec, peak_mem_mib=peak_mem_mib,
-                  mfu=flops / sec / peak if peak else None, device=name,
-                  dtype=autocast_dtype(args.dtype, device))
-    for k, v in result.items():
-        print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
-    print(json.dumps(result))
-    return result
-
-def benchmark(args):
-    """--benchmark: build what train() builds, count one step's FLOPs (eager), then time it."""
-    check_run(args)
-    ddp, rank, world, device, autocast, scaler = setup(args)
-    nets, G, D_loss, opt_G, opt_D = build_model(args, device)
-    G, D_loss = distribute(G, D_loss, args, ddp, device)
-    real_A = random_images(args, args.input_nc, device)
-    real_B = random_images(args, args.output_nc, device)
-    step_args = (real_A, real_B, args, autocast, scaler)
-    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
-        train_step(G, D_loss, opt_G, opt_D, *step_args)
-    if args.compile:
-        G, D_loss = torch.compile(G), torch.compile(D_loss)
-    step_fn = functools.partial(train_step, G, D_loss, opt_G, opt_D, *step_args)
-    return report_speed(step_fn, args, device, args.batch_size * world, counter.get_total_flops())
-
-# -----------------------------------------------------------------------------
-# main
+    print(f"translated {len(paths)} image(s) into {args.results_dir} (index.html shows them)")
 
 def main(argv=None):
     args, given = parse_args(argv)
     try:
         if args.translate:
             translate(args)
-        elif args.eval_only:
-            eval_only(args, given)
-        elif args.export_official:
-            export_official(args)
-        elif args.export:
-            export_generator(args)
-        elif args.benchmark:
-            benchmark(args)
         else:
             train(args, given)
     except data.DataError as e:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cyclegan, data, pixelgan
+from tools import bench, download as download_tool, evaluate as evaluate_tool, export as export_tool, fid
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 count = lambda net: sum(p.numel() for p in net.parameters())
@@ -320,7 +321,8 @@ def test_cyclegan_trains_resumes_and_translates(tmp_path):
 def test_tensorboard_gets_the_scalars_of_log_jsonl(tmp_path):
     pytest.importorskip('tensorboard', reason='optional extra: pip install tensorboard')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--out_dir', tmp_path, '--tensorboard')
+    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--out_dir', tmp_path)
+    run('tools/tensorboard.py', tmp_path)
     events = EventAccumulator(str(tmp_path / 'tensorboard'))
     events.Reload()
     assert {'G_A', 'cycle_A', 'lr', 'psnr_AtoB'} <= set(events.Tags()['scalars'])
@@ -352,10 +354,10 @@ def test_resume_refuses_another_architecture_or_script(tmp_path):
     p = run('cyclegan.py', '--resume', '--out_dir', tmp_path, '--ngf', 8, '--norm', 'batch', check=False)
     assert p.returncode == 1 and '--ngf 8 (checkpoint: 4)' in p.out and '--norm batch (checkpoint: instance)' in p.out
     assert 'Traceback' not in p.out
-    with pytest.raises(SystemExit, match='not a pixelgan.py checkpoint but a cyclegan.py one'):
-        pixelgan.resume_args(*pixelgan.parse_args(['--resume']), str(tmp_path / 'ckpt.pt'))
+    with pytest.raises(SystemExit, match='is a cyclegan.py checkpoint; use cyclegan.py'):
+        pixelgan.resume_args(pixelgan.parse_args(['--resume'])[1], str(tmp_path / 'ckpt.pt'))
     with pytest.raises(SystemExit, match='no such checkpoint'):
-        cyclegan.resume_args(*cyclegan.parse_args(['--resume']), str(tmp_path / 'nothing.pt'))
+        cyclegan.resume_args(cyclegan.parse_args(['--resume'])[1], str(tmp_path / 'nothing.pt'))
 
 def test_bad_dataroot_stops_before_training_with_one_line(tmp_path):
     make_unpaired(tmp_path)
@@ -372,13 +374,13 @@ def test_official_generator_files_load_with_module_prefix_and_legacy_instance_no
     sd['module.model.2.running_mean'] = torch.zeros(8)  # what old official files carry under InstanceNorm
     sd['module.model.10.conv_block.2.num_batches_tracked'] = torch.tensor(0)
     torch.save(sd, tmp_path / 'official.pth')
-    loaded = cyclegan.generator_from_file(str(tmp_path / 'official.pth'))
+    loaded = cyclegan.load_generator(str(tmp_path / 'official.pth'))[0]
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(loaded(x), G(x))
     U = pixelgan.UnetGenerator(num_downs=7, ngf=4, norm='batch').eval()
     torch.save({'module.' + k: v for k, v in U.state_dict().items()}, tmp_path / 'unet.pth')
-    loaded, netG = pixelgan.generator_from_file(str(tmp_path / 'unet.pth'))
-    assert netG == 'unet_128'
+    loaded, multiple = pixelgan.load_generator(str(tmp_path / 'unet.pth'))
+    assert multiple == 128
     x = torch.randn(1, 3, 128, 128)
     torch.testing.assert_close(loaded.eval()(x), U(x))
 
@@ -386,7 +388,7 @@ def test_translate_direction_follows_the_direction_trained(tmp_path):
     run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path, '--direction', 'BtoA')
     ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
     for direction, key in (('BtoA', 'G_A'), ('AtoB', 'G_B')):  # trained BtoA: G_A maps the dataset's B to A
-        G = cyclegan.generator_from_file(str(tmp_path / 'ckpt.pt'), direction)
+        G = cyclegan.load_generator(str(tmp_path / 'ckpt.pt'), direction)[0]
         assert all(torch.equal(v, ckpt[key][k]) for k, v in G.state_dict().items())
 
 def test_resnet_generator_files_load_in_both_scripts_with_any_norm_and_dropout(tmp_path):
@@ -395,9 +397,9 @@ def test_resnet_generator_files_load_in_both_scripts_with_any_norm_and_dropout(t
         for dropout in (False, True):  # with dropout the second conv of each block moves to index 6
             G = cyclegan.ResnetGenerator(ngf=4, n_blocks=6, norm=norm, dropout=dropout).eval()
             torch.save(G.state_dict(), tmp_path / 'g.pth')
-            from_cyclegan = cyclegan.generator_from_file(str(tmp_path / 'g.pth'))
-            from_pixelgan, netG = pixelgan.generator_from_file(str(tmp_path / 'g.pth'))
-            assert netG == 'resnet_6blocks'
+            from_cyclegan = cyclegan.load_generator(str(tmp_path / 'g.pth'))[0]
+            from_pixelgan, multiple = pixelgan.load_generator(str(tmp_path / 'g.pth'))
+            assert multiple == 4
             for loaded in (from_cyclegan, from_pixelgan):
                 assert torch.equal(loaded.eval()(x), G(x)), (norm, dropout)
 
@@ -410,7 +412,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
         pickle.dump({'G_A': Evil()}, f, protocol=2)
     for module in (cyclegan, pixelgan):
         with pytest.raises(SystemExit, match='would run code'):
-            module.generator_from_file(str(tmp_path / 'evil.pt'))
+            module.load_generator(str(tmp_path / 'evil.pt'))[0]
     p = run('cyclegan.py', '--resume', '--ckpt', tmp_path / 'evil.pt', check=False)
     assert p.returncode == 1 and 'would run code' in p.out and 'Traceback' not in p.out
     assert not marker.exists()
@@ -436,8 +438,8 @@ def test_pixelgan_trains_resumes_translates_and_evaluates(tmp_path):
     run('pixelgan.py', '--translate', tmp_path / 'in' / 'odd.png', '--ckpt', out / 'ckpt.pt', '--results_dir', tmp_path / 'res')
     assert Image.open(tmp_path / 'res' / 'odd.png').size == (100, 70)
 
-    p = run('pixelgan.py', '--eval_only', '--ckpt', out / 'ckpt.pt', '--out_dir', out)
-    scores = json.loads((out / 'log.jsonl').read_text().splitlines()[-1])
+    p = run('tools/evaluate.py', '--ckpt', out / 'ckpt.pt')
+    scores = json.loads(p.stdout.splitlines()[-1])
     assert {'l1', 'psnr', 'ssim', 'l1_input', 'psnr_input', 'ssim_input'} <= set(scores)
     assert f"psnr {scores['psnr']:.4f}" in p.out
 
@@ -469,12 +471,12 @@ def test_translate_explains_files_it_cannot_use(tmp_path):
     for module in (cyclegan, pixelgan):
         for f, says in (('d.pth', 'a discriminator'), ('random.pth', 'not a generator state_dict')):
             with pytest.raises(SystemExit, match=says):
-                module.generator_from_file(str(tmp_path / f))
+                module.load_generator(str(tmp_path / f))[0]
     with pytest.raises(SystemExit, match='use pixelgan.py'):
-        cyclegan.generator_from_file(str(tmp_path / 'unet.pth'))
+        cyclegan.load_generator(str(tmp_path / 'unet.pth'))[0]
     save_image(str(tmp_path / 'img' / 'a.png'))
     p = run('cyclegan.py', '--translate', tmp_path / 'img', '--ckpt', tmp_path / 'd.pth', check=False)
-    assert p.returncode == 1 and p.stderr.strip() == f"error: {tmp_path / 'd.pth'}: a discriminator; cyclegan.py --translate needs a ResNet generator"
+    assert p.returncode == 1 and p.stderr.strip() == f"error: {tmp_path / 'd.pth'}: a discriminator; cyclegan.py needs a ResNet generator"
 
 # -----------------------------------------------------------------------------
 # the same outputs as the official networks, from state_dicts built to the official key layout
@@ -558,49 +560,6 @@ def test_unet_generator_computes_what_the_official_one_does():
     with torch.no_grad():
         torch.testing.assert_close(G.eval()(x), official_unet_forward(sd, x, 7), rtol=1e-4, atol=1e-5)
 
-@pytest.mark.parametrize('plain, fast, size', [
-    *[(torch.nn.Conv2d, pixelgan.MatmulConv2d, size) for size in (2, 3, 4, 8, 16, 32)],
-    *[(torch.nn.ConvTranspose2d, pixelgan.MatmulConvTranspose2d, size) for size in (1, 2, 3, 4, 8, 16, 32)]])
-@pytest.mark.parametrize('bias', [False, True])
-def test_the_cpu_matmul_layers_compute_the_plain_layers_values_and_gradients(plain, fast, size, bias):
-    """The U-Net's faster CPU layers: same parameters, same keys, same values and gradients (float32),
-    at the sizes that run as a matrix product and at one (32x32) that runs the plain kernel."""
-    torch.manual_seed(0)
-    ref = plain(6, 5, 4, 2, 1, bias=bias)
-    layer = fast(6, 5, 4, 2, 1, bias=bias)
-    layer.load_state_dict(ref.state_dict())
-    assert list(layer.state_dict()) == list(ref.state_dict())
-    x = torch.randn(3, 6, size, size)
-    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ref, y_fast = ref(x_ref), layer(x_fast)
-    grad = torch.randn_like(y_ref)
-    y_ref.backward(grad)
-    y_fast.backward(grad)
-    assert y_fast.dtype == y_ref.dtype
-    # 1e-5 of each tensor's largest value: a weight gradient sums 3 * size**2 products
-    compared = [(y_fast, y_ref), (x_fast.grad, x_ref.grad), (layer.weight.grad, ref.weight.grad)]
-    if bias:
-        compared.append((layer.bias.grad, ref.bias.grad))
-    for fast_value, plain_value in compared:
-        scale = plain_value.abs().max().item()
-        torch.testing.assert_close(fast_value, plain_value, rtol=1e-5, atol=1e-5 * scale)
-
-def test_the_training_unet_is_the_official_network_with_faster_cpu_layers():
-    """build_generator gives the same keys and, from the same weights, the same outputs as the
-    plain U-Net (under bfloat16 autocast too, to bfloat16 rounding)."""
-    args, _ = pixelgan.parse_args(['--netG', 'unet_128', '--ngf', '4', '--norm', 'instance', '--no_dropout'])
-    G = pixelgan.build_generator(args)
-    plain = pixelgan.UnetGenerator(num_downs=7, ngf=4, norm='instance', dropout=False)
-    plain.load_state_dict(G.state_dict())
-    assert list(plain.state_dict()) == list(G.state_dict())
-    assert {type(m) for m in G.modules()} >= {pixelgan.MatmulConv2d, pixelgan.MatmulConvTranspose2d}
-    assert not {type(m) for m in plain.modules()} & {pixelgan.MatmulConv2d, pixelgan.MatmulConvTranspose2d}
-    x = torch.randn(2, 3, 128, 128)
-    with torch.no_grad():
-        torch.testing.assert_close(G(x), plain(x), rtol=1e-4, atol=1e-5)
-        with torch.autocast('cpu', torch.bfloat16):
-            torch.testing.assert_close(G(x).float(), plain(x).float(), rtol=0.05, atol=0.05)
-
 # -----------------------------------------------------------------------------
 # data parallelism: two CPU processes with gloo, as torch.multiprocessing / torchrun launch them
 
@@ -673,7 +632,7 @@ def server(tmp_path):
 
 def download(monkeypatch, url, *argv):
     monkeypatch.setenv('GAN_DOWNLOAD_URL', url)
-    data.main([str(a) for a in argv])
+    download_tool.main([str(a) for a in argv])
 
 def test_download_unpacks_zip_and_tar_into_the_layout_the_scripts_read(server, tmp_path, monkeypatch, capsys):
     import tarfile, zipfile
@@ -687,23 +646,23 @@ def test_download_unpacks_zip_and_tar_into_the_layout_the_scripts_read(server, t
     with tarfile.open(www / 'pix2pix' / 'datasets' / 'facades.tar.gz', 'w:gz') as t:
         t.add(tmp_path / 'src' / 'facades', arcname='facades')
     root = tmp_path / 'datasets'
-    download(monkeypatch, url, 'download', 'horse2zebra', '--root', root)
+    download(monkeypatch, url, 'dataset', 'horse2zebra', '--root', root)
     assert (root / 'horse2zebra' / 'trainA' / '1.jpg').read_bytes() == b'a'
     assert 'MiB/s' in capsys.readouterr().err  # the progress display
-    download(monkeypatch, url, 'download', 'facades', '--root', root)
+    download(monkeypatch, url, 'dataset', 'facades', '--root', root)
     assert (root / 'facades' / 'train' / '1.jpg').read_bytes() == b'ab'
     assert sorted(os.listdir(root)) == ['facades', 'horse2zebra']  # no temporary leftovers
-    download(monkeypatch, url, 'download', '--list')
+    download(monkeypatch, url, 'dataset', '--list')
     assert {'horse2zebra', 'facades', 'cyclegan_facades', 'edges2shoes', 'mini_pix2pix', 'ae_photos'} <= set(capsys.readouterr().out.split())
 
 def test_download_model_saves_the_official_generator_file(server, tmp_path, monkeypatch, capsys):
     www, url = server
     (www / 'cyclegan' / 'pretrained_models').mkdir(parents=True)
     torch.save(official_resnet_state_dict(), www / 'cyclegan' / 'pretrained_models' / 'horse2zebra.pth')
-    download(monkeypatch, url, 'download-model', 'horse2zebra', '--root', tmp_path / 'pretrained')
-    G = cyclegan.generator_from_file(str(tmp_path / 'pretrained' / 'horse2zebra.pth'))
+    download(monkeypatch, url, 'model', 'horse2zebra', '--root', tmp_path / 'pretrained')
+    G = cyclegan.load_generator(str(tmp_path / 'pretrained' / 'horse2zebra.pth'))[0]
     assert sum(p.numel() for p in G.parameters()) == sum(v.numel() for v in official_resnet_state_dict().values())
-    download(monkeypatch, url, 'download-model', '--list')
+    download(monkeypatch, url, 'model', '--list')
     assert {'horse2zebra', 'style_monet', 'facades_label2photo', 'cyclegan_facades_label2photo', 'edges2shoes',
             'day2night'} <= set(capsys.readouterr().out.split())
 
@@ -711,13 +670,13 @@ def test_download_model_saves_the_official_generator_file(server, tmp_path, monk
 def test_failed_downloads_leave_nothing_that_looks_finished(server, tmp_path, monkeypatch, case, says):
     _, url = server  # nothing is served: every file is a 404
     url = {'404': url, 'short': url + '/short', 'offline': 'http://127.0.0.1:9'}[case]
-    with pytest.raises(data.DataError, match=says) as e:
-        download(monkeypatch, url, 'download', 'horse2zebra', '--root', tmp_path / 'datasets')
+    with pytest.raises(download_tool.DownloadError, match=says) as e:
+        download(monkeypatch, url, 'dataset', 'horse2zebra', '--root', tmp_path / 'datasets')
     assert url in str(e.value) and (case == 'short' or 'unpack FILE' in str(e.value))
     assert os.listdir(tmp_path / 'datasets') == []  # no partial archive, no half-unpacked folder
 
 def test_download_errors_are_one_line_for_the_user(tmp_path):
-    p = run('data.py', 'download', 'horse2zebra', cwd=tmp_path, env={**os.environ, 'GAN_DOWNLOAD_URL': 'http://127.0.0.1:9'}, check=False)
+    p = run('tools/download.py', 'dataset', 'horse2zebra', cwd=tmp_path, env={**os.environ, 'GAN_DOWNLOAD_URL': 'http://127.0.0.1:9'}, check=False)
     assert p.returncode == 1 and p.stderr.strip().startswith('error: http://127.0.0.1:9/cyclegan/datasets/horse2zebra.zip: download failed')
     assert len(p.stderr.strip().splitlines()) == 1
 
@@ -736,19 +695,21 @@ def test_hostile_archives_are_refused_and_write_nothing_outside(tmp_path):
         t.addfile(info, io.BytesIO(b'x'))
     for archive in (slip, link, absolute):
         root = tmp_path / f'datasets_{archive.stem}'
-        with pytest.raises(data.DataError, match='unsafe member'):
-            data.unpack(str(archive), root=str(root))
+        with pytest.raises(download_tool.DownloadError, match='unsafe member'):
+            download_tool.unpack(str(archive), root=str(root))
         assert os.listdir(root) == []
     assert not (tmp_path / 'evil.txt').exists() and not (tmp_path.parent / 'evil.txt').exists()
 
 def test_export_official_round_trip(tmp_path):
     run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path)
-    run('cyclegan.py', '--export_official', tmp_path / 'official', '--ckpt', tmp_path / 'ckpt.pt')
+    run('tools/export.py', '--out', tmp_path / 'official', '--ckpt', tmp_path / 'ckpt.pt')
+    p = run('tools/export.py', '--out', tmp_path / 'official', '--ckpt', tmp_path / 'ckpt.pt', check=False)
+    assert p.returncode == 1 and 'latest_net_G_A.pth exists' in p.out  # a pretrained model is never replaced
     assert sorted(os.listdir(tmp_path / 'official')) == [f'latest_net_{k}.pth' for k in ('D_A', 'D_B', 'G_A', 'G_B')]
     sd = torch.load(tmp_path / 'official' / 'latest_net_G_A.pth', weights_only=True)
     assert 'model.1.weight' in sd  # a bare state_dict with the official keys
-    G_official = cyclegan.generator_from_file(str(tmp_path / 'official' / 'latest_net_G_A.pth'))
-    G_ours = cyclegan.generator_from_file(str(tmp_path / 'ckpt.pt'))
+    G_official = cyclegan.load_generator(str(tmp_path / 'official' / 'latest_net_G_A.pth'))[0]
+    G_ours = cyclegan.load_generator(str(tmp_path / 'ckpt.pt'))[0]
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(G_official(x), G_ours(x))
 
@@ -894,8 +855,8 @@ def test_a_failed_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path,
 def test_resume_under_another_batch_size_continues_after_the_images_seen():
     args, _ = cyclegan.parse_args(['--batch_size', '2'])
     ckpt = dict(epoch=3, epoch_iter=10, step=70, world_size=1, rng_cpu=torch.get_rng_state(), args={'batch_size': 1})
-    assert cyclegan.restore_run(ckpt, {}, args, world=1, device=torch.device('cpu')) == (3, 5, 35)
-    assert cyclegan.restore_run({**ckpt, 'world_size': 4}, {}, args, world=2, device=torch.device('cpu')) == (3, 10, 70)
+    assert cyclegan.restore_run(ckpt, {}, args.batch_size * 1, torch.device('cpu')) == (3, 5, 35)
+    assert cyclegan.restore_run({**ckpt, 'world_size': 4}, {}, args.batch_size * 2, torch.device('cpu')) == (3, 10, 70)
 
 def test_images_come_in_as_a_viewer_shows_them(tmp_path):
     arr = np.zeros((20, 40, 3), dtype=np.uint8)
@@ -925,8 +886,8 @@ def test_an_image_too_small_for_the_crop_is_named_when_met_in_training(tmp_path)
 # the scripts as code to read: one model each, and what they share written out identically
 
 MODEL_SPECIFIC = ['get_parser', 'build_generator', 'build_discriminator', 'train_step', 'make_data',
-                  'build_model', 'evaluate', 'save_samples', 'train', 'generator_from_file',
-                  'inference_generator', 'benchmark', 'check_run', 'eval_only']
+                  'build_model', 'evaluate', 'save_samples', 'train', 'load_generator', 'check_run',
+                  'held_out_data']
 
 def definitions(module):
     """A script's top-level functions and classes, in the order of the file."""
@@ -936,17 +897,17 @@ def definitions(module):
 def test_what_both_scripts_share_is_the_same_source_in_the_same_order():
     in_both = [n for n in definitions(cyclegan) if n in definitions(pixelgan)]
     shared = [n for n in in_both if n not in MODEL_SPECIFIC]
-    assert {'save_checkpoint', 'load_file', 'resume_args', 'setup', 'save_run', 'restore_run', 'psnr', 'ssim',
-            'Log', 'StopRequest', 'translate', 'export_official', 'report_speed', 'ResnetGenerator',
-            'FeatureNetwork', 'distances', 'best_path'} <= set(shared)
+    assert {'save_checkpoint', 'load_file', 'check_checkpoint', 'resume_args', 'setup', 'save_run', 'restore_run',
+            'psnr', 'ssim', 'log', 'StopRequest', 'translate', 'ResnetGenerator', 'Range', 'parse_args',
+            'checkpoint_paths'} <= set(shared)
     assert shared == [n for n in definitions(pixelgan) if n in shared]  # the same order in both
     for name in shared:
         assert inspect.getsource(getattr(cyclegan, name)) == inspect.getsource(getattr(pixelgan, name)), name
     for name in MODEL_SPECIFIC:  # the list names real differences only
         assert inspect.getsource(getattr(cyclegan, name)) != inspect.getsource(getattr(pixelgan, name)), name
-    assert cyclegan.PEAK_BF16 == pixelgan.PEAK_BF16
 
-@pytest.mark.parametrize('script', ['cyclegan.py', 'pixelgan.py', 'data.py'])
+@pytest.mark.parametrize('script', ['cyclegan.py', 'pixelgan.py', 'data.py', *sorted(
+    os.path.relpath(p, ROOT) for p in __import__('glob').glob(os.path.join(ROOT, 'tools', '*.py')))])
 def test_one_statement_per_line_and_lines_of_at_most_100_characters(script):
     src = open(os.path.join(ROOT, script)).read()
     assert [i + 1 for i, line in enumerate(src.splitlines()) if len(line) > 100] == []
@@ -973,22 +934,26 @@ def test_the_training_loop_is_flat(module):
     assert depth(fn) <= 4
 
 @pytest.mark.parametrize('script, flags, says', [
-    (cyclegan, ['--batch_size', '0'], '--batch_size 0: must be at least 1'),
-    (cyclegan, ['--crop_size', '0'], '--crop_size 0: must be at least 1'),
-    (cyclegan, ['--lr', '-1'], '--lr -1.0: must be above 0'),
-    (pixelgan, ['--beta1', '2'], '--beta1 2.0: must be at least 0 and below 1'),
-    (cyclegan, ['--pool_size', '-1'], '--pool_size -1: must be at least 0'),
-    (pixelgan, ['--ngf', '0'], '--ngf 0: must be at least 1'),
-    (cyclegan, ['--num_threads', '-1'], '--num_threads -1: must be at least 0'),
-    (pixelgan, ['--print_freq', '0'], '--print_freq 0: must be at least 1'),
-    (cyclegan, ['--save_latest_freq', '0'], '--save_latest_freq 0: must be at least 1'),
-    (pixelgan, ['--eval_freq', '0'], '--eval_freq 0: must be at least 1'),
-    (pixelgan, ['--lambda_L1', '-5'], '--lambda_L1 -5.0: must be at least 0'),
-    (cyclegan, ['--max_iters', '-1'], '--max_iters -1: must be at least 0'),
+    (cyclegan, ['--batch_size', '0'], '--batch_size: must be at least 1, not 0'),
+    (cyclegan, ['--crop_size', '0'], '--crop_size: must be at least 1, not 0'),
+    (cyclegan, ['--lr', '-1'], '--lr: must be above 0.0, not -1'),
+    (cyclegan, ['--lr', 'inf'], '--lr: must be above 0.0, not inf'),
+    (cyclegan, ['--lambda_A', 'nan'], '--lambda_A: must be at least 0.0, not nan'),
+    (pixelgan, ['--beta1', '2'], '--beta1: must be at least 0.0 and below 1.0, not 2'),
+    (cyclegan, ['--pool_size', '-1'], '--pool_size: must be at least 0, not -1'),
+    (pixelgan, ['--ngf', '0'], '--ngf: must be at least 1, not 0'),
+    (pixelgan, ['--ngf', '1.5'], "--ngf: invalid int value: '1.5'"),
+    (cyclegan, ['--num_threads', '-1'], '--num_threads: must be at least 0, not -1'),
+    (pixelgan, ['--print_freq', '0'], '--print_freq: must be at least 1, not 0'),
+    (cyclegan, ['--save_latest_freq', '0'], '--save_latest_freq: must be at least 1, not 0'),
+    (pixelgan, ['--eval_freq', '0'], '--eval_freq: must be at least 1, not 0'),
+    (pixelgan, ['--lambda_L1', '-5'], '--lambda_L1: must be at least 0.0, not -5'),
+    (cyclegan, ['--max_iters', '-1'], '--max_iters: must be at least 0, not -1'),
 ])
 def test_every_numeric_flag_is_checked_before_any_work(script, flags, says):
-    with pytest.raises(SystemExit, match=f'^error: {says}$'):
+    with pytest.raises(SystemExit) as e:
         script.parse_args(flags)
+    assert e.value.code == f'error: argument {says}; --help lists the flags'
 
 def test_a_wrong_choice_is_one_line():
     p = run('cyclegan.py', '--netG', 'resnet_99blocks', check=False)
@@ -1035,6 +1000,15 @@ CATALOGUE = [  # (script, command line, what the one line says, files that must 
     pytest.param('pixelgan', '--device cuda', '--device cuda: not present on this machine (present: cpu)', [],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')),
     ('pixelgan', '--fid_weights {t}/nothing.pt', '--fid_weights {t}/nothing.pt: no such file', []),
+    ('export', '--ckpt {t}/pretrained.pth --out {t}/official', 'pretrained.pth is not a pixelgan.py checkpoint',
+     ['pretrained.pth']),
+    ('export', '--ckpt {t}/run/ckpt.pt --out {t}/g.pt2', 'ckpt.pt: not a generator state_dict', ['run/ckpt.pt']),
+    ('export', '--ckpt {t}/empty.pt --out {t}/g.onnx', 'empty.pt: not a loadable weights file', ['empty.pt']),
+    ('evaluate', '--ckpt {t}/no_args.pt', 'no_args.pt: a cyclegan.py checkpoint without args', ['no_args.pt']),
+    ('evaluate', '--real {t}/photos --fake {t}/photos --fid_weights {t}/nothing.pt', 'nothing.pt: no such file', []),
+    ('evaluate', '', 'give --ckpt FILE, or --real DIR and --fake DIR', []),
+    ('bench', 'cyclegan --crop_size 30', '--crop_size 30 must be a multiple of 4', []),
+    ('bench', 'nothing', 'name the script first: python tools/bench.py cyclegan|pixelgan', []),
     pytest.param('cyclegan', '--fid_weights {t}/empty.pt', 'empty.pt: not a loadable weights file', ['empty.pt'],
                  marks=pytest.mark.skipif(not HAS_TORCHMETRICS, reason='optional extra: pip install torchmetrics')),
 ]
@@ -1046,11 +1020,12 @@ def test_every_mistake_is_one_line_and_loses_nothing(tmp_path, script, command, 
     before = {f: (tmp_path / f).read_bytes() for f in unchanged}
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     argv = command.format(t=tmp_path).split() + ['--out_dir', str(tmp_path / 'new'), '--num_threads', '0']
-    if '--out_dir' in command:
+    if '--out_dir' in command or script in ('export', 'evaluate', 'bench'):
         argv = command.format(t=tmp_path).split()
+    modules = dict(cyclegan=cyclegan, pixelgan=pixelgan, export=export_tool, evaluate=evaluate_tool, bench=bench)
     try:
         with pytest.raises(SystemExit) as e:
-            {'cyclegan': cyclegan, 'pixelgan': pixelgan}[script].main(argv)
+            modules[script].main(argv)
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
@@ -1103,9 +1078,9 @@ def test_every_official_generator_variant_loads_and_computes_the_same(tmp_path, 
     G.eval()
     torch.save({'module.' + k: v for k, v in G.state_dict().items()}, tmp_path / 'official.pth')
     if script == 'cyclegan':
-        loaded = cyclegan.generator_from_file(str(tmp_path / 'official.pth'))
+        loaded = cyclegan.load_generator(str(tmp_path / 'official.pth'))[0]
     else:
-        loaded, _ = pixelgan.generator_from_file(str(tmp_path / 'official.pth'))
+        loaded, _ = pixelgan.load_generator(str(tmp_path / 'official.pth'))
     x = torch.randn(1, make.args[0] if make.args else 3, side, side)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), G(x))
@@ -1158,18 +1133,18 @@ def exported_generators(tmp_path):
     """A tiny CycleGAN and a tiny U-Net-128 pix2pix checkpoint, and their generators as --translate runs them."""
     train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path / 'c')
     train_in_process(pixelgan, *TINY_PIXELGAN, '--max_iters', 1, '--out_dir', tmp_path / 'p')
-    G_c = cyclegan.generator_from_file(str(tmp_path / 'c' / 'ckpt.pt')).eval()
-    G_p = pixelgan.generator_from_file(str(tmp_path / 'p' / 'ckpt.pt'))[0].eval()
+    G_c = cyclegan.load_generator(str(tmp_path / 'c' / 'ckpt.pt'))[0].eval()
+    G_p = pixelgan.load_generator(str(tmp_path / 'p' / 'ckpt.pt'))[0].eval()
     return [(cyclegan, tmp_path / 'c' / 'ckpt.pt', G_c, [(8, 8), (36, 52)]),
             (pixelgan, tmp_path / 'p' / 'ckpt.pt', G_p, [(128, 128), (256, 384)])]
 
 def test_export_pt2_runs_at_any_size_like_the_generator(tmp_path):
     for module, ckpt, G, sizes in exported_generators(tmp_path):
         path = tmp_path / f'{module.SCRIPT}.pt2'
-        module.main(['--export', str(path), '--ckpt', str(ckpt)])
+        export_tool.main(['--out', str(path), '--ckpt', str(ckpt)])
         exported = torch.export.load(str(path)).module()  # what a deployment does, without this code
-        for size in sizes:
-            x = torch.rand(1, 3, *size) * 2 - 1
+        for batch, size in zip((1, 3), sizes):  # batch, height and width free
+            x = torch.rand(batch, 3, *size) * 2 - 1
             with torch.no_grad():
                 torch.testing.assert_close(exported(x), G(x), rtol=1e-4, atol=1e-4)
 
@@ -1178,18 +1153,24 @@ def test_export_onnx_runs_at_any_size_like_the_generator(tmp_path):
     onnxruntime = pytest.importorskip('onnxruntime', reason='optional extra: pip install onnxruntime')
     for module, ckpt, G, sizes in exported_generators(tmp_path):
         path = tmp_path / f'{module.SCRIPT}.onnx'
-        module.main(['--export', str(path), '--ckpt', str(ckpt)])
+        export_tool.main(['--out', str(path), '--ckpt', str(ckpt)])
         session = onnxruntime.InferenceSession(str(path))
         assert os.listdir(tmp_path).count(path.name) == 1 and not (tmp_path / (path.name + '.data')).exists()
-        for size in sizes:
-            x = torch.rand(1, 3, *size) * 2 - 1
+        for batch, size in zip((1, 3), sizes):
+            x = torch.rand(batch, 3, *size) * 2 - 1
             y = session.run(None, {'x': x.numpy()})[0]
             with torch.no_grad():
                 torch.testing.assert_close(torch.from_numpy(y), G(x), rtol=1e-4, atol=1e-4)
 
-def test_export_refuses_other_file_kinds(tmp_path):
-    with pytest.raises(SystemExit, match='--export g.pth: name a .pt2 or an .onnx file'):
-        cyclegan.main(['--export', 'g.pth'])
+def test_export_never_replaces_a_file_and_the_old_flags_name_the_tools(tmp_path):
+    train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path / 'c')
+    (tmp_path / 'g.pt2').write_bytes(b'mine')
+    p = run('tools/export.py', '--ckpt', tmp_path / 'c' / 'ckpt.pt', '--out', tmp_path / 'g.pt2', check=False)
+    assert p.returncode == 1 and 'g.pt2 exists' in p.out and (tmp_path / 'g.pt2').read_bytes() == b'mine'
+    for flag, tool in (('--export', 'tools/export.py'), ('--export_official', 'tools/export.py'),
+                       ('--eval_only', 'tools/evaluate.py'), ('--benchmark', 'tools/bench.py pixelgan')):
+        with pytest.raises(SystemExit, match=f'^error: {flag} is now a tool of its own: python {tool}'):
+            pixelgan.parse_args([flag, 'x'])
 
 def test_dtype_auto_is_decided_anew_on_the_machine_that_resumes(tmp_path):
     train_in_process(cyclegan, *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path)
@@ -1240,9 +1221,8 @@ def test_fid_of_two_gaussians_is_the_closed_form():
     signs = torch.cat([torch.eye(3), -torch.eye(3)])  # 6 points: mean 0, covariance 2/5 I (n - 1 = 5)
     real = signs * (5 / 2) ** 0.5  # covariance I
     fake = torch.tensor([1.0, 2.0, 2.0]) + signs * 10 ** 0.5  # covariance 4 I
-    for module in (cyclegan, pixelgan):
-        assert module.distances(real, fake)['fid'] == pytest.approx(12, rel=1e-6)
-        assert module.distances(real, real)['fid'] == pytest.approx(0, abs=1e-6)
+    assert fid.FeatureNetwork.distances(real, fake)['fid'] == pytest.approx(12, rel=1e-6)
+    assert fid.FeatureNetwork.distances(real, real)['fid'] == pytest.approx(0, abs=1e-6)
 
 def test_fid_and_kid_agree_with_a_reference_on_the_same_features():
     pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
@@ -1250,12 +1230,12 @@ def test_fid_and_kid_agree_with_a_reference_on_the_same_features():
     real = torch.randn(40, 8, generator=gen)
     fake = 0.5 + 1.5 * torch.randn(40, 8, generator=gen) @ torch.randn(8, 8, generator=gen) / 3
     fid, kid = reference_fid_kid(real, fake)
-    ours = pixelgan.distances(real, fake)
+    ours = fid.FeatureNetwork.distances(real, fake)
     assert ours['fid'] == pytest.approx(fid, rel=1e-3)
     assert ours['kid'] == pytest.approx(kid, rel=1e-3)
-    assert pixelgan.distances(real, fake) == ours  # KID's subsets come from a fixed seed
+    assert fid.FeatureNetwork.distances(real, fake) == ours  # KID's subsets come from a fixed seed
     state = torch.get_rng_state()
-    pixelgan.distances(real, fake)
+    fid.FeatureNetwork.distances(real, fake)
     assert torch.equal(torch.get_rng_state(), state)  # and the training's random stream is untouched
 
 def test_feature_network_rounds_to_8_bits_and_reads_both_formats(tmp_path):
@@ -1263,7 +1243,7 @@ def test_feature_network_rounds_to_8_bits_and_reads_both_formats(tmp_path):
     x = torch.rand(2, 3, 20, 24) * 2 - 1
     gray = x[:, :1]
     for name in ('stand_in.pt', 'stand_in.pt2'):
-        features = pixelgan.FeatureNetwork(str(stand_in_file(tmp_path / name)), torch.device('cpu'))
+        features = fid.FeatureNetwork(str(stand_in_file(tmp_path / name)), torch.device('cpu'))
         levels = ((x + 1) * 127.5).round() / 127.5 - 1
         expected = StandInFeatures()(F.interpolate(levels, size=(299, 299), mode='bilinear', align_corners=False))
         torch.testing.assert_close(features(x), expected)
@@ -1282,7 +1262,7 @@ def test_the_standard_inception_weights_load_from_a_local_file(tmp_path, monkeyp
         net = NoTrainInceptionV3('inception-v3-compat', ['2048'])
     weights = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
     torch.save(net.state_dict(), weights)
-    features = pixelgan.FeatureNetwork(str(weights), torch.device('cpu'))
+    features = fid.FeatureNetwork(str(weights), torch.device('cpu'))
     assert features.inception
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     out = features(x)
@@ -1306,9 +1286,8 @@ def test_fid_and_kid_are_logged_and_keep_the_best_checkpoint(tmp_path):
     assert best['best_fid'] == pytest.approx(min(sums)) and best['step'] == evals[sums.index(min(sums))]['step']
     assert torch.load(out / 'ckpt.pt', weights_only=True)['best_fid'] == pytest.approx(min(sums))
     # the same numbers from the checkpoint alone, standalone; the environment variable names the file
-    p = run('cyclegan.py', '--eval_only', '--ckpt', out / 'ckpt.pt', '--dataroot', tmp_path / 'data',
-            '--out_dir', tmp_path / 'eval', env={**os.environ, 'FID_WEIGHTS': str(weights)})
-    alone = json.loads((tmp_path / 'eval' / 'log.jsonl').read_text().splitlines()[-1])
+    p = run('tools/evaluate.py', '--ckpt', out / 'ckpt.pt', env={**os.environ, 'FID_WEIGHTS': str(weights)})
+    alone = json.loads(p.stdout.splitlines()[-1])
     for k in ('fid_AtoB', 'kid_AtoB', 'fid_BtoA', 'kid_BtoA'):
         assert alone[k] == pytest.approx(evals[-1][k], rel=1e-5), k
     assert 'fid_AtoB' in p.out
@@ -1327,13 +1306,15 @@ def test_pixelgan_fid_at_evaluation_and_standalone(tmp_path):
         '--out_dir', out)
     last = [r for r in map(json.loads, (out / 'log.jsonl').read_text().splitlines()) if 'fid' in r][-1]
     assert last['fid'] > 0 and 'kid' in last and (out / 'best.pt').exists()
-    run('pixelgan.py', '--eval_only', '--ckpt', out / 'ckpt.pt', '--fid_weights', weights, '--out_dir', tmp_path / 'e')
-    alone = json.loads((tmp_path / 'e' / 'log.jsonl').read_text())
+    p = run('tools/evaluate.py', '--ckpt', out / 'ckpt.pt', '--fid_weights', weights)
+    alone = json.loads(p.stdout.splitlines()[-1])
     assert alone['fid'] == pytest.approx(last['fid'], rel=1e-5) and alone['kid'] == pytest.approx(last['kid'], rel=1e-5)
 
 def test_the_best_checkpoint_is_named_after_the_run_and_a_bad_feature_network_fails_at_start(tmp_path):
-    assert cyclegan.best_path(os.path.join('out', 'ckpt.pt')) == os.path.join('out', 'best.pt')
-    assert pixelgan.best_path(os.path.join('out', 'a.pt')) == os.path.join('out', 'a_best.pt')
+    args, _ = cyclegan.parse_args(['--out_dir', 'out'])
+    assert cyclegan.checkpoint_paths(args) == (os.path.join('out', 'ckpt.pt'), os.path.join('out', 'best.pt'))
+    args, _ = pixelgan.parse_args(['--ckpt', os.path.join('out', 'a.pt')])
+    assert pixelgan.checkpoint_paths(args)[1] == os.path.join('out', 'a_best.pt')
     pytest.importorskip('torchmetrics', reason='optional extra: pip install torchmetrics')
     batch = torch.export.Dim('batch', min=2)
     four_d = torch.export.export(torch.nn.AdaptiveAvgPool2d(1), (torch.zeros(4, 3, 299, 299),),
@@ -1362,12 +1343,3 @@ def test_an_evaluation_at_the_end_of_a_run_leaves_resume_exact(tmp_path):
     a, b = (torch.load(tmp_path / d / 'ckpt.pt', weights_only=True) for d in ('straight', 'resumed'))
     for name in cyclegan.NETWORKS:
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
-
-def test_the_matmul_layers_leave_what_they_do_not_cover_to_the_plain_kernels():
-    x = torch.randn(1, 4, 4, 4)
-    same = pixelgan.MatmulConv2d(4, 5, 3, padding='same')
-    plain = torch.nn.Conv2d(4, 5, 3, padding='same')
-    plain.load_state_dict(same.state_dict())
-    assert torch.equal(same(x), plain(x))
-    half = pixelgan.MatmulConv2d(4, 5, 4, 2, 1).bfloat16()
-    assert half(x.bfloat16()).dtype == torch.bfloat16
