@@ -27,8 +27,7 @@ def find_images(folder):
     return sorted(paths)
 
 def unit_range(img, path):
-    """A 16-bit, 32-bit integer or float image as floats in [0, 1], scaled by the range its values
-    lie in: [0, 1] (float only), [0, 255] or [0, 65535]."""
+    """A 16-bit, 32-bit or float image in [0, 1], by the range of its values: 1, 255 or 65535."""
     values = np.asarray(img, dtype=np.float64)
     tops = (1.0, 255.0, 65535.0) if img.mode == 'F' else (255.0, 65535.0)
     for top in tops:
@@ -39,9 +38,8 @@ def unit_range(img, path):
                     f"the image to 8 or 16 bits")
 
 def load_image(path, channels=3):
-    """Decode any supported file, upright as a viewer shows it (EXIF orientation): 8-bit RGB for
-    channels=3; for channels=1, 8-bit grayscale, or floats in [0, 1] from 16-bit, 32-bit and float
-    images, which keeps their precision. Palette, RGBA and CMYK files are converted too."""
+    """Any supported file, upright as a viewer shows it (EXIF): 8-bit RGB for channels=3; for
+    channels=1 8-bit gray, or floats in [0, 1] from 16-bit, 32-bit and float images."""
     try:
         img = Image.open(path)
         img.load()  # decode now, so a truncated file fails here and not deep inside a transform
@@ -60,17 +58,15 @@ def load_image(path, channels=3):
     return img.convert('RGB')  # RGBA loses its alpha; CMYK and L are converted
 
 def upright_size(img):
-    """The size after EXIF orientation (orientations 5 to 8 turn the image by 90 degrees), read
-    where the header holds it (JPEG, TIFF): a PNG's EXIF may follow the pixels, too far to read."""
+    """The size after EXIF orientation (5 to 8 turn by 90 degrees), where the header holds it."""
     w, h = img.size
     if img.format in ('JPEG', 'MPO', 'TIFF') and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
         return h, w
     return w, h
 
 def check_images(paths, transform, split=1):
-    """Read every header once at start-up (cheap) so a broken file or a too-small image stops the
-    run before training rather than hours into it. split=2 checks each half of side-by-side
-    files."""
+    """Every header read once at start-up, so that a broken file or a too-small image stops the run
+    before training, not hours into it. split=2: each half of side-by-side files."""
     for p in paths:
         try:
             with Image.open(p) as img:
@@ -164,9 +160,8 @@ class UnpairedFolders(torch.utils.data.Dataset):
         return {'A': A, 'B': B}
 
 class PairedFolders(torch.utils.data.Dataset):
-    """Aligned pairs: side-by-side files <root>/<phase>/x.jpg (A left, B right), or two folders
-    <root>/A/<phase>/x.png and <root>/B/<phase>/x.png matched by name. Same crop and flip for
-    both."""
+    """Aligned pairs, cropped and flipped alike: side-by-side files <root>/<phase>/x.jpg (A left,
+    B right), or <root>/A/<phase>/x.png and <root>/B/<phase>/x.png matched by name."""
     def __init__(self, root, phase, transform, direction='AtoB', max_size=None, seed=0,
                  channels=(3, 3)):
         dirA, dirB = os.path.join(root, 'A', phase), os.path.join(root, 'B', phase)
@@ -202,10 +197,7 @@ class PairedFolders(torch.utils.data.Dataset):
             ab = load_image(self.A[i], max(nc_a, nc_b))
             w, h = ab.size
             a, b = ab.crop((0, 0, w // 2, h)), ab.crop((w // 2, 0, w // 2 * 2, h))
-            if nc_a < nc_b:  # a grayscale half beside a colour one
-                a = a.convert('L')
-            if nc_b < nc_a:
-                b = b.convert('L')
+            a, b = a.convert(a.mode if nc_a == 3 else 'L'), b.convert(b.mode if nc_b == 3 else 'L')
         else:
             a, b = load_image(self.A[i], nc_a), load_image(self.B[i], nc_b)
         rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
@@ -215,8 +207,8 @@ class PairedFolders(torch.utils.data.Dataset):
         return {'A': A, 'B': B}
 
 class Domain(torch.utils.data.Dataset):
-    """One domain of a held-out dataset, each image once: dataset[i][key] for as many i as the
-    domain has images (UnpairedFolders(serial=True): every image of its folder)."""
+    """dataset[i][key] for as many i as that domain has images: with UnpairedFolders(serial=True),
+    every image of its folder once."""
     def __init__(self, dataset, key):
         self.dataset = dataset
         self.key = key
@@ -259,9 +251,8 @@ COATS = np.array([[0.55, 0.35, 0.2], [0.85, 0.8, 0.7], [0.45, 0.45, 0.45],
                   [0.75, 0.55, 0.3]])  # horse colours
 
 def render_scene(seed, size, striped):
-    """A landscape (sky over grass, random horizon) with 1-3 'animals' (ellipses and boxes in coat
-    colours). striped=True draws the same scene with zebra stripes (dark, diagonal, period 4) on
-    every animal: its hidden counterpart in the other domain."""
+    """A landscape (sky over grass) with 1-3 'animals' (ellipses and boxes in coat colours);
+    striped=True: the same scene with zebra stripes on every animal, its other-domain twin."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
     sky, grass = SKY + rng.normal(0, 0.05, 3), GRASS + rng.normal(0, 0.05, 3)
@@ -289,10 +280,8 @@ def degrade(clean, seed):
     return (0.6 * x + 0.1 + 0.08 * noise).clamp(-1, 1)
 
 class Synthetic(torch.utils.data.Dataset):
-    """paired=False, 'plain2zebra': A = plain animals, B = striped ones; training scenes differ
-    between the domains, each test scene comes in both styles, so G_A(A) can be scored against the
-    true B. paired=True, 'restore': A = a degraded scene, B = the clean one. Seeds 0.. train,
-    10**6.. test."""
+    """paired=False: A = plain animals, B = striped ones, unrelated scenes in training, each test
+    scene in both styles (the ground truth). paired=True: A = a degraded scene, B = the clean one."""
     def __init__(self, size, paired, train=True, direction='AtoB', channels=(3, 3)):
         self.size = size
         self.paired = paired
@@ -307,16 +296,14 @@ class Synthetic(torch.utils.data.Dataset):
     def __getitem__(self, i):
         seed = i if self.train else 10**6 + i
         if self.paired:
-            clean = render_scene(seed, self.size, striped=seed % 2 == 1)
-            A, B = degrade(clean, seed), clean
-            if self.swap:
-                A, B = B, A
+            B = render_scene(seed, self.size, striped=seed % 2 == 1)
+            A = degrade(B, seed)
         else:
             seed_B = seed + 10**5 if self.train else seed  # training: an unrelated scene
             A = render_scene(seed, self.size, False)
             B = render_scene(seed_B, self.size, True)
-            if self.swap:
-                A, B = B, A
+        if self.swap:
+            A, B = B, A
         if self.channels[0] == 1:
             A = A.mean(0, keepdim=True)
         if self.channels[1] == 1:

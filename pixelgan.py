@@ -126,7 +126,7 @@ MOVED = {'--benchmark': 'python tools/bench.py SCRIPT [flags]',
          '--export': 'python tools/export.py --ckpt FILE --out G.pt2 (or G.onnx)',
          '--export_official': 'python tools/export.py --ckpt FILE --out DIR',
          '--eval_only': 'python tools/evaluate.py --ckpt FILE',
-         '--tensorboard': 'python tools/tensorboard.py OUT_DIR'}
+         '--tensorboard': 'python tools/to_tensorboard.py OUT_DIR'}
 
 def parse_args(argv=None):
     """Returns the args and the flags given explicitly (they override preset and checkpoint)."""
@@ -712,7 +712,7 @@ def format_scores(scores, digits=3):
     return ' '.join(f"{k} {v:.{digits}f}" for k, v in scores.items())
 
 def log(out_dir, step, record):
-    """Appends the record to out_dir/log.jsonl (tools/tensorboard.py shows it in TensorBoard)."""
+    """Appends the record to out_dir/log.jsonl (tools/to_tensorboard.py shows it in TensorBoard)."""
     with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
         f.write(json.dumps(dict(step=step, **record)) + '\n')
 

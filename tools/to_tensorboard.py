@@ -1,6 +1,6 @@
 """A run's log.jsonl as TensorBoard events, for those who like its plots (pip install tensorboard).
 
-    python tools/tensorboard.py out/cyclegan     # -> out/cyclegan/tensorboard
+    python tools/to_tensorboard.py out/cyclegan     # -> out/cyclegan/tensorboard
     tensorboard --logdir out/cyclegan/tensorboard
 
 Run it again as the run goes on: it writes the events anew each time.
