@@ -281,7 +281,7 @@ def degrade(clean, seed):
 
 class Synthetic(torch.utils.data.Dataset):
     """paired=False: A = plain animals, B = striped ones, unrelated scenes in training, each test
-    scene in both styles (the ground truth). paired=True: A = a degraded scene, B = the clean one."""
+    scene in both styles (the ground truth). paired=True: A = a degraded scene, B the clean one."""
     def __init__(self, size, paired, train=True, direction='AtoB', channels=(3, 3)):
         self.size = size
         self.paired = paired
