@@ -476,7 +476,8 @@ def setup(args):
     torch.manual_seed(args.seed)  # the same on every process: identical initial weights
     dtype = getattr(torch, autocast_dtype(args.dtype, device))
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    use_scaler = dtype == torch.float16 and device.type == 'cuda'
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     return ddp, rank, world, device, autocast, scaler
 
 def check_writable(folder, flag):
@@ -823,7 +824,8 @@ def train(args, given):
         sys.exit(f"error: {len(loader.dataset)} training images make no batch of --batch_size "
                  f"{args.batch_size} on {world} process(es)")
     total = (args.n_epochs + args.n_epochs_decay) * len(loader)
-    total = min(total, args.max_iters if args.max_iters is not None else total)
+    if args.max_iters is not None:
+        total = min(total, args.max_iters)
 
     stop = StopRequest()
     batches = start_epoch(loader, epoch, epoch_iter, args.batch_size)

@@ -454,7 +454,8 @@ def setup(args):
     torch.manual_seed(args.seed)  # the same on every process: identical initial weights
     dtype = getattr(torch, autocast_dtype(args.dtype, device))
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    use_scaler = dtype == torch.float16 and device.type == 'cuda'
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     return ddp, rank, world, device, autocast, scaler
 
 def check_writable(folder, flag):
@@ -572,8 +573,9 @@ def held_out_data(args):
     same_size = args.dataroot is None or 'crop' in args.preprocess  # else one image at a time
     return torch.utils.data.DataLoader(held, 16 if same_size else 1)
 
-def make_data(args, rank, world):
-    """The training loader, and four fixed pairs for the grids (held-out where there are any)."""
+def make_data(args, rank, world, held):
+    """The training loader, and four fixed pairs for the grids: of held (the held-out loader)
+    where there is one."""
     channels = (args.input_nc, args.output_nc)
     if args.dataroot is None:
         train_set = data.Synthetic(args.crop_size, True, True, args.direction, channels)
@@ -586,7 +588,6 @@ def make_data(args, rank, world):
         train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
         pin_memory=torch.cuda.is_available(), drop_last=True,
         generator=torch.Generator())  # its own RNG: the global one stays exact on resume
-    held = held_out_data(args)
     if held is None:
         return loader, next(iter(torch.utils.data.DataLoader(train_set, 4)))
     return loader, next(iter(torch.utils.data.DataLoader(held.dataset, min(held.batch_size, 4))))
@@ -775,8 +776,8 @@ def train(args, given):
         from tools.fid import FeatureNetwork
         features = FeatureNetwork(args.fid_weights, device)
     # data (the datasets apply --direction), networks, optimizers
-    loader, fixed = make_data(args, rank, world)
     test_loader = held_out_data(args)
+    loader, fixed = make_data(args, rank, world, test_loader)
     nets, G, D_loss, opt_G, opt_D = build_model(args, device)
     stateful = dict(**nets, opt_G=opt_G, opt_D=opt_D)
     if master:
@@ -800,7 +801,8 @@ def train(args, given):
         sys.exit(f"error: {len(loader.dataset)} training images make no batch of --batch_size "
                  f"{args.batch_size} on {world} process(es)")
     total = (args.n_epochs + args.n_epochs_decay) * len(loader)
-    total = min(total, args.max_iters if args.max_iters is not None else total)
+    if args.max_iters is not None:
+        total = min(total, args.max_iters)
 
     stop = StopRequest()
     batches = start_epoch(loader, epoch, epoch_iter, args.batch_size)
