@@ -52,11 +52,9 @@ WEIGHT, POSITIVE = Range(float, 0.0), Range(float, 0.0, open_low=True)
 def get_parser():
     p = ArgumentParser(description='CycleGAN: unpaired image-to-image translation')
     a = p.add_argument
-    a('--dataroot', default=None,
-      help='folder with trainA, trainB (and testA, testB); none: the built-in synthetic task')
+    a('--dataroot', help='folder of trainA, trainB (testA, testB); none: the built-in task')
     a('--netG', default='resnet_9blocks', choices=['resnet_9blocks', 'resnet_6blocks'])
-    a('--netD', default='basic', choices=['basic', 'n_layers', 'pixel'],
-      help='basic = 70x70 PatchGAN, pixel = 1x1')
+    a('--netD', default='basic', choices=['basic', 'n_layers', 'pixel'], help='basic: 70x70 patch')
     a('--n_layers_D', type=NATURAL, default=3, help='depth of the n_layers discriminator')
     a('--input_nc', type=int, default=3, choices=[1, 3], help='channels of domain A: 1 gray, 3 RGB')
     a('--output_nc', type=int, default=3, choices=[1, 3], help='channels of domain B')
@@ -81,8 +79,7 @@ def get_parser():
       choices=['resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none'])
     a('--no_flip', action='store_true', help='no random horizontal flips')
     a('--serial_batches', action='store_true', help='take images in order instead of shuffled')
-    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'],
-      help='swap the domains (and, with --translate, which generator)')
+    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'], help='BtoA swaps the domains')
     a('--num_threads', type=COUNT, default=4, help='data loader worker processes')
     a('--max_dataset_size', type=NATURAL, default=None, help='at most this many images per domain')
     a('--print_freq', type=NATURAL, default=100, help='iterations between progress lines')
@@ -91,19 +88,14 @@ def get_parser():
     a('--seed', type=int, default=0)
     a('--out_dir', default='out/cyclegan', help='new: checkpoint, samples and log.jsonl go here')
     a('--max_iters', type=COUNT, default=None, help='new: stop after this many iterations')
-    a('--eval_freq', type=NATURAL, default=1000,
-      help='new: iterations between evaluations (the built-in task\'s ground truth; FID, KID)')
+    a('--eval_freq', type=NATURAL, default=1000, help='new: iterations between evaluations')
     a('--fid_weights', default=os.environ.get('FID_WEIGHTS'), metavar='FILE',
-      help='new: FID and KID at each evaluation, and best.pt: the FID Inception weights or a '
-           'feature network (tools/fid.py); default: $FID_WEIGHTS')
+      help='new: FID, KID and best.pt with these feature weights (tools/fid.py); $FID_WEIGHTS')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
-    a('--ckpt', default=None,
-      help='new: our checkpoint to resume from; it or an official generator .pth to translate')
-    a('--translate', default=None, metavar='PATH',
-      help='new: translate an image or a folder and exit')
+    a('--ckpt', help='new: checkpoint to resume; it or an official generator .pth to translate')
+    a('--translate', metavar='PATH', help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/cyclegan', help='new: where --translate writes')
-    a('--test_train_mode', action='store_true',
-      help='new: --translate with batch statistics (and dropout) on, as the official test does')
+    a('--test_train_mode', action='store_true', help='new: --translate in train mode, as official')
     a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     a('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
       help='new: autocast precision of the networks; auto: bfloat16 where the hardware is fast')

@@ -57,20 +57,17 @@ def load_image(path, channels=3):
         return img.convert('L')
     return img.convert('RGB')  # RGBA loses its alpha; CMYK and L are converted
 
-def upright_size(img):
-    """The size after EXIF orientation (5 to 8 turn by 90 degrees), where the header holds it."""
-    w, h = img.size
-    if img.format in ('JPEG', 'MPO', 'TIFF') and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-        return h, w
-    return w, h
-
 def check_images(paths, transform, split=1):
     """Every header read once at start-up, so that a broken file or a too-small image stops the run
-    before training, not hours into it. split=2: each half of side-by-side files."""
+    before training, not hours into it. split=2: each half of side-by-side files. EXIF
+    orientations 5 to 8 turn the image by 90 degrees (read where the header holds them)."""
     for p in paths:
         try:
             with Image.open(p) as img:
-                w, h = upright_size(img)
+                w, h = img.size
+                header_exif = img.format in ('JPEG', 'MPO', 'TIFF')  # a PNG's may follow the pixels
+                if header_exif and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                    w, h = h, w
         except Exception as e:
             raise DataError(f"{p}: cannot read image ({e}); fix or remove the file") from None
         transform.check_size(w // split, h, p)
@@ -100,6 +97,8 @@ class Transform:
             if self.preprocess == 'scale_width':  # uncropped: the width too
                 return max(4, round(size / 4) * 4), height
             return size, height
+        if self.preprocess == 'none':  # the networks need multiples of 4
+            return max(4, round(w / 4) * 4), max(4, round(h / 4) * 4)
         return w, h
 
     def check_size(self, w, h, path):
@@ -120,9 +119,6 @@ class Transform:
             if self.train:
                 top, left = rng.randint(0, h - c), rng.randint(0, w - c)
             imgs = [im.crop((left, top, left + c, top + c)) for im in imgs]
-        elif self.preprocess == 'none' and (w % 4 or h % 4):  # the networks need multiples of 4
-            size = (max(4, round(w / 4) * 4), max(4, round(h / 4) * 4))
-            imgs = [im.resize(size, Image.BICUBIC) for im in imgs]
         if self.train and self.flip and rng.random() < 0.5:
             imgs = [TF.hflip(im) for im in imgs]
         tensors = [TF.to_tensor(im) for im in imgs]  # 8-bit: / 255; float ('F'): as it is

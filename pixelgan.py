@@ -92,18 +92,13 @@ def get_parser():
     a('--seed', type=int, default=0)
     a('--out_dir', default='out/pixelgan', help='new: checkpoint, samples and log.jsonl go here')
     a('--max_iters', type=COUNT, default=None, help='new: stop after this many iterations')
-    a('--eval_freq', type=NATURAL, default=1000,
-      help='new: iterations between evaluations on the test split')
+    a('--eval_freq', type=NATURAL, default=1000, help='new: iterations between evaluations')
     a('--fid_weights', default=os.environ.get('FID_WEIGHTS'), metavar='FILE',
-      help='new: FID and KID at each evaluation, and best.pt: the FID Inception weights or a '
-           'feature network (tools/fid.py); default: $FID_WEIGHTS')
-    a('--test_train_mode', action='store_true',
-      help='new: keep dropout and batch statistics on at test time, as the paper does')
+      help='new: FID, KID and best.pt with these feature weights (tools/fid.py); $FID_WEIGHTS')
+    a('--test_train_mode', action='store_true', help='new: test in train mode, as the paper')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
-    a('--ckpt', default=None,
-      help='new: our checkpoint to resume from; it or an official generator .pth to translate')
-    a('--translate', default=None, metavar='PATH',
-      help='new: translate an image or a folder and exit')
+    a('--ckpt', help='new: checkpoint to resume; it or an official generator .pth to translate')
+    a('--translate', metavar='PATH', help='new: translate an image or a folder and exit')
     a('--results_dir', default='results/pixelgan', help='new: where --translate writes')
     a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     a('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],

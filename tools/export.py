@@ -70,9 +70,12 @@ def main(argv=None):
     if isinstance(obj, dict) and obj.get('script') == 'cyclegan':
         name = 'cyclegan'
     script = {'cyclegan': cyclegan, 'pixelgan': pixelgan}[name]
+    ours = isinstance(obj, dict) and 'script' in obj
     kind = os.path.splitext(args.out)[1]
+    if ours or kind not in ('.pt2', '.onnx'):  # our checkpoint, complete, or one line
+        script.check_checkpoint(obj, args.ckpt, name)
     if kind not in ('.pt2', '.onnx'):
-        export_official(script, script.check_checkpoint(obj, args.ckpt), args.out)
+        export_official(script, obj, args.out)
         return
     if os.path.exists(args.out):
         sys.exit(f"error: {args.out} exists; give another --out")
