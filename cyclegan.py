@@ -916,10 +916,11 @@ def official_norm(sd, first_conv):
         return 'batch'
     return 'instance' if first_conv + '.bias' in sd else 'none'
 
-def load_generator(path, direction='AtoB'):
+def load_generator(path, direction='AtoB', obj=None):
     """The generator of `direction` from our checkpoint, or from an official .pth state_dict
     (architecture read from its keys and shapes), and the multiple its input sides need."""
-    obj = load_file(path)
+    if obj is None:  # obj: the file's contents, if already loaded
+        obj = load_file(path)
     if isinstance(obj, dict) and 'script' in obj:
         a = check_checkpoint(obj, path)['args']
         n_blocks = 9 if a['netG'] == 'resnet_9blocks' else 6

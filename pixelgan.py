@@ -894,11 +894,12 @@ def official_norm(sd, first_conv):
         return 'batch'
     return 'instance' if first_conv + '.bias' in sd else 'none'
 
-def load_generator(path, direction='AtoB'):
+def load_generator(path, direction='AtoB', obj=None):
     """The generator from our checkpoint, or from an official .pth state_dict (U-Net depth or
     ResNet blocks, width, channels, norm, dropout read from its keys and shapes), and the
     multiple its input sides need. (direction: the datasets apply it; here for cyclegan's sake)"""
-    obj = load_file(path)
+    if obj is None:  # obj: the file's contents, if already loaded
+        obj = load_file(path)
     if isinstance(obj, dict) and 'script' in obj:
         a = check_checkpoint(obj, path)['args']
         G = make_generator(a['netG'], a.get('input_nc', 3), a.get('output_nc', 3), a['ngf'],

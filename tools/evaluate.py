@@ -60,7 +60,7 @@ def score_checkpoint(path, argv):
             sys.exit(f"error: {args.dataroot}: unpaired images have no ground truth; give "
                      f"--fid_weights FILE for FID and KID on testA and testB")
         return cyclegan.evaluate(G_A, G_B, truth, device, domains, features)
-    G, _ = pixelgan.load_generator(path)
+    G, _ = pixelgan.load_generator(path, obj=obj)
     loader = pixelgan.held_out_data(args)
     if loader is None:
         sys.exit(f"error: {args.dataroot}: no test or val split (test/, val/, A/test or A/val)")

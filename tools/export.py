@@ -87,7 +87,7 @@ def main(argv=None):
     direction = args.direction
     if direction is None and name == 'cyclegan':
         direction = obj['args']['direction']
-    G, multiple = script.load_generator(args.ckpt, direction or 'AtoB')
+    G, multiple = script.load_generator(args.ckpt, direction or 'AtoB', obj)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     export_generator(G, multiple, args.out)
 
