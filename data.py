@@ -1,6 +1,6 @@
 """Data for cyclegan.py and pixelgan.py: image folders, the official transforms, a sampler that
 shards and resumes, and the built-in synthetic datasets. Downloads: tools/download.py."""
-import math, os, random, sys
+import math, os, random
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,10 @@ def find_images(folder):
     return sorted(paths)
 
 def unit_range(img, path):
-    """A 16-bit, 32-bit or float image in [0, 1], by the range of its values: 1, 255 or 65535."""
+    """A 16-bit, 32-bit or float image in [0, 1]. Integers by 65535 whatever their values, so that a
+    dark file keeps the others' scale; floats by the range of their values (1, 255 or 65535)."""
     values = np.asarray(img, dtype=np.float64)
-    tops = (1.0, 255.0, 65535.0) if img.mode == 'F' else (255.0, 65535.0)
+    tops = (1.0, 255.0, 65535.0) if img.mode == 'F' else (65535.0,)
     for top in tops:
         if values.min() >= 0 and values.max() <= top:
             return values / top
@@ -58,9 +59,8 @@ def load_image(path, channels=3):
     return img.convert('RGB')  # RGBA loses its alpha; CMYK and L are converted
 
 def check_images(paths, transform, split=1):
-    """Every header read once at start-up, so that a broken file or a too-small image stops the run
-    before training, not hours into it. split=2: each half of side-by-side files. EXIF
-    orientations 5 to 8 turn the image by 90 degrees (read where the header holds them)."""
+    """Every header read at start-up: a broken or too-small image stops the run before training.
+    split=2: each half of side-by-side files. EXIF orientations 5 to 8 turn the image 90 degrees."""
     for p in paths:
         try:
             with Image.open(p) as img:
@@ -105,8 +105,7 @@ class Transform:
         w, h = self.resized(w, h)
         if self.train and 'crop' in self.preprocess and (w < self.crop or h < self.crop):
             raise DataError(f"{path}: image is {w}x{h} after resizing, smaller than --crop_size "
-                            f"{self.crop}; use a smaller --crop_size or --preprocess "
-                            f"resize_and_crop")
+                            f"{self.crop}; lower --crop_size or use --preprocess resize_and_crop")
 
     def __call__(self, imgs, rng, path='image'):
         self.check_size(*imgs[0].size, path)  # (the start-up check may not have seen this file)
@@ -186,9 +185,7 @@ class PairedFolders(torch.utils.data.Dataset):
         return len(self.A)
 
     def __getitem__(self, i):
-        nc_a, nc_b = self.channels  # of the files' A and B
-        if self.swap:
-            nc_a, nc_b = nc_b, nc_a
+        nc_a, nc_b = self.channels[::-1] if self.swap else self.channels  # of the files' A and B
         if self.side_by_side:  # an odd width loses its last column: both halves the same size
             ab = load_image(self.A[i], max(nc_a, nc_b))
             w, h = ab.size
@@ -203,8 +200,7 @@ class PairedFolders(torch.utils.data.Dataset):
         return {'A': A, 'B': B}
 
 class Domain(torch.utils.data.Dataset):
-    """dataset[i][key] for as many i as that domain has images: with UnpairedFolders(serial=True),
-    every image of its folder once."""
+    """dataset[i][key] for as many i as that domain has images (UnpairedFolders, serial=True)."""
     def __init__(self, dataset, key):
         self.dataset = dataset
         self.key = key
@@ -300,12 +296,5 @@ class Synthetic(torch.utils.data.Dataset):
             B = render_scene(seed_B, self.size, True)
         if self.swap:
             A, B = B, A
-        if self.channels[0] == 1:
-            A = A.mean(0, keepdim=True)
-        if self.channels[1] == 1:
-            B = B.mean(0, keepdim=True)
+        A, B = [x.mean(0, keepdim=True) if nc == 1 else x for x, nc in zip((A, B), self.channels)]
         return {'A': A, 'B': B}
-
-if __name__ == '__main__':
-    sys.exit("error: downloads moved: python tools/download.py dataset NAME (or model NAME, "
-             "unpack FILE)")

@@ -56,9 +56,8 @@ def benchmark(script, argv):
     """Builds what script's train() builds from its flags argv, then times its train_step."""
     args = script.get_parser().parse_args(argv)  # the official defaults: no built-in preset
     script.check_run(args)
-    ddp, rank, world, device, autocast, scaler = script.setup(args)
-    nets, G, D, opt_G, opt_D = script.build_model(args, device)
-    G, D = script.distribute(G, D, args, ddp, device)
+    rank, world, device, autocast, scaler = script.setup(args)
+    nets, opt_G, opt_D = script.build_model(args, device)
     real_A = random_images(args, args.input_nc, device)
     real_B = random_images(args, args.output_nc, device)
     pools = []  # cyclegan's image pools
@@ -66,10 +65,10 @@ def benchmark(script, argv):
         pools = [cyclegan.ImagePool(args.pool_size), cyclegan.ImagePool(args.pool_size)]
     step_args = (*pools, real_A, real_B, args, autocast, scaler)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
-        script.train_step(G, D, opt_G, opt_D, *step_args)
+        script.train_step(nets, opt_G, opt_D, *step_args)
     if args.compile:
-        G, D = torch.compile(G), torch.compile(D)
-    step_fn = functools.partial(script.train_step, G, D, opt_G, opt_D, *step_args)
+        nets = {name: torch.compile(net) for name, net in nets.items()}
+    step_fn = functools.partial(script.train_step, nets, opt_G, opt_D, *step_args)
     dtype = script.autocast_dtype(args.dtype, device)
     return report_speed(step_fn, args.max_iters or 10, device, args.batch_size * world,
                         counter.get_total_flops(), dtype)

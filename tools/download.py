@@ -78,8 +78,16 @@ def check_members(archive, members):
 
 def unpack(archive, name=None, root='datasets'):
     """Extract a dataset archive into root/<name> through a temporary folder, refusing any member
-    that could land outside it: absolute paths, '..', links, devices."""
-    target = os.path.join(root, name or os.path.basename(archive).split('.')[0])
+    that could land outside it: absolute paths, '..', links, devices. name: the archive's, less its
+    extensions. An archive of one folder (as the official ones) gives that folder's contents."""
+    name = name or os.path.basename(archive).split('.')[0]
+    if not name:  # '..zip', '.tar': the target would be root itself
+        raise DownloadError(f"{archive}: no dataset name in this file name; rename it (NAME.zip)")
+    if not os.path.isfile(archive):
+        raise DownloadError(f"{archive}: no such file")
+    if not zipfile.is_zipfile(archive) and not tarfile.is_tarfile(archive):
+        raise DownloadError(f"{archive}: not a zip or tar archive")
+    target = os.path.join(root, name)
     if os.path.exists(target):
         raise DownloadError(f"{target}: already exists; remove it to unpack again")
     os.makedirs(root, exist_ok=True)
@@ -97,10 +105,11 @@ def unpack(archive, name=None, root='datasets'):
                     t.extractall(tmp, filter='data')
                 else:
                     t.extractall(tmp)
-        top = os.listdir(tmp)  # the official archives hold one folder named after the dataset
-        shutil.move(os.path.join(tmp, top[0]) if len(top) == 1 else tmp, target)
+        top = [os.path.join(tmp, n) for n in os.listdir(tmp)]
+        shutil.move(top[0] if len(top) == 1 and os.path.isdir(top[0]) else tmp, target)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        raise DownloadError(f"{archive}: not a readable zip or tar archive ({e})") from None
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise DownloadError(f"{archive}: not a readable zip or tar archive ({reason})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -6,54 +6,106 @@
 
 --ckpt is either script's checkpoint, or for .pt2 and .onnx an official generator .pth too. The
 generator is exported in eval mode, in float32, with batch, height and width free: any multiples
-of what it needs, from 8 pixels (ResNet) or one multiple (U-Net) up. An existing file is never
-replaced.
+of what it needs, from 8 pixels (ResNet) or one multiple (U-Net) up. A .pt2 refuses other sizes
+(AssertionError: Guard failed: x.size()[2] % 4 == 0); an .onnx model cannot check them, and
+onnxruntime fails inside it with a shape error: pad or resize the image first. An existing file
+is never replaced, and a file is written whole or not at all.
 """
-import argparse, os, sys
+import argparse, io, os, sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts
 import torch
 import torch.fx.experimental._config
+import torch.nn as nn
 import cyclegan, pixelgan
+from tools import translate
 
-def export_official(script, ckpt, folder):
+def check_new(path):
+    """Before any work: path is a new file in a folder that can be made (the scripts' save_file
+    then writes it whole or not at all)."""
+    if os.path.isdir(path):
+        sys.exit(f"error: --out {path} is a folder; give a new file name")
+    if os.path.lexists(path):
+        sys.exit(f"error: {path} exists; give another --out")
+    if os.path.isfile(os.path.dirname(path)):
+        sys.exit(f"error: --out {path}: {os.path.dirname(path)} is a file, not a folder")
+    probe = f"{path}.{os.getpid()}.probe"
+    try:  # the folder made if need be, and written to, now rather than after the export's work
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        open(probe, 'x').close()
+        os.remove(probe)
+    except OSError as e:
+        sys.exit(f"error: --out {path}: cannot write it ({e.strerror or e}); nothing was written")
+
+def check_weights(script, ckpt, path):
+    """Each network built from the checkpoint's flags and given its weights: a damaged checkpoint
+    is one line now, not official files that fail to load later."""
+    try:
+        args = argparse.Namespace(**{**vars(script.get_parser().parse_args([])), **ckpt['args']})
+        nets = script.build_model(args, torch.device('cpu'))[0]
+    except (TypeError, KeyError, ValueError, RuntimeError) as e:
+        sys.exit(f"error: {path}: its args do not build the networks ({cyclegan.first_line(e)})")
+    for name, net in nets.items():
+        try:
+            net.load_state_dict(ckpt[name])
+        except (TypeError, AttributeError, RuntimeError) as e:  # not weights, or not these
+            reason = ' '.join(str(e).split())[:300]  # torch's message, in one line
+            sys.exit(f"error: {path}: {name} does not load ({reason}); the checkpoint is damaged")
+
+def export_official(script, ckpt, path, folder):
     """Each network of the checkpoint as a bare state_dict in latest_net_<name>.pth, as the
-    official test script loads them."""
+    official test script loads them: all of them, or none if one cannot be written."""
     paths = [os.path.join(folder, f"latest_net_{name}.pth") for name in script.NETWORKS]
-    for path in paths:
-        if os.path.exists(path):
-            sys.exit(f"error: {path} exists; give another --out folder")
-    script.check_writable(folder, '--out')
-    for name, path in zip(script.NETWORKS, paths):
-        script.save_checkpoint(ckpt[name], path)
+    check_weights(script, ckpt, path)
+    for new in paths:  # before any is written: none exists
+        check_new(new)
+    written = []
+    try:
+        for name, new in zip(script.NETWORKS, paths):
+            script.save_file(ckpt[name], new)
+            written.append(new)
+    except SystemExit:
+        for new in written:  # files of this call only
+            os.remove(new)
+        raise
     print(f"wrote {', '.join(paths)}")
 
+class SizeChecked(nn.Module):
+    """G, refusing sides that are not multiples of what it needs (it would return another size):
+    torch.export keeps the checks as guards of the program, which a .pt2 tests on every call."""
+    def __init__(self, G, multiple):
+        super().__init__()
+        self.G = G
+        self.multiple = multiple
+
+    def forward(self, x):
+        torch._check(x.shape[2] % self.multiple == 0)
+        torch._check(x.shape[3] % self.multiple == 0)
+        return self.G(x)
+
 def export_generator(G, multiple, out):
-    """G as out (.pt2 or .onnx), its batch, height and width free; written beside out first."""
+    """G as out (.pt2 or .onnx), its batch, height and width free."""
     G = G.eval().float().cpu()
-    channels = cyclegan.input_channels(G)
+    channels = next(p for p in G.parameters() if p.ndim == 4).shape[1]  # its first convolution's
     smallest = max(multiple, 8) // multiple  # in multiples
     height = torch.export.Dim('height', min=smallest)
     width = torch.export.Dim('width', min=smallest)
     dynamic = {'x': {0: torch.export.Dim('batch', min=1), 2: multiple * height,
                      3: multiple * width}}
     example = torch.randn(2, channels, 2 * max(multiple, 8), 2 * max(multiple, 8))
-    tmp = out + '.tmp' + os.path.splitext(out)[1]
+    model = SizeChecked(G, multiple).eval()
     # the U-Net's innermost level is 1x1 at the smallest size: without size-oblivious reasoning
     # torch.export would keep that size out of the range
-    try:
-        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-            if out.endswith('.pt2'):
-                program = torch.export.export(G, (example,), dynamic_shapes=dynamic)
-                torch.export.save(program, tmp)
-            else:
-                torch.onnx.export(G, (example,), tmp, dynamic_shapes=dynamic, dynamo=True,
-                                  verbose=False, external_data=False)  # one file
-        os.replace(tmp, out)
-    except (OSError, RuntimeError) as e:
-        sys.exit(f"error: could not write {out} ({cyclegan.first_line(e)})")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        if out.endswith('.pt2'):
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+            buffer = io.BytesIO()  # in memory first: torch's writer aborts on a full disk
+            torch.export.save(program, buffer)
+            payload = buffer.getvalue()
+        else:
+            program = torch.onnx.export(model, (example,), dynamic_shapes=dynamic, dynamo=True,
+                                        verbose=False)
+            payload = program.model_proto.SerializeToString()  # one file, weights inside
+    cyclegan.save_file(payload, out)
     print(f"wrote {out}: input N x {channels} x H x W in [-1, 1], H and W multiples of "
           f"{multiple} from {smallest * multiple}")
 
@@ -75,20 +127,15 @@ def main(argv=None):
     if ours or kind not in ('.pt2', '.onnx'):  # our checkpoint, complete, or one line
         script.check_checkpoint(obj, args.ckpt, name)
     if kind not in ('.pt2', '.onnx'):
-        export_official(script, obj, args.out)
+        export_official(script, obj, args.ckpt, args.out)
         return
-    if os.path.exists(args.out):
-        sys.exit(f"error: {args.out} exists; give another --out")
+    check_new(args.out)  # before the export's minutes: a bad --out is one line now
     if kind == '.onnx':
         try:
             import onnx, onnxscript  # noqa: F401 (torch.onnx needs both)
         except ImportError:
             sys.exit("error: an .onnx export needs the onnx packages: pip install onnx onnxscript")
-    direction = args.direction
-    if direction is None and name == 'cyclegan':
-        direction = obj['args']['direction']
-    G, multiple = script.load_generator(args.ckpt, direction or 'AtoB', obj)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    G, multiple = translate.load_generator(args.ckpt, args.direction, obj)
     export_generator(G, multiple, args.out)
 
 if __name__ == '__main__':
