@@ -90,7 +90,7 @@ def get_parser():
     return p
 
 # Without --dataroot: the built-in task, in minutes on 2 CPU cores; flags typed override this.
-SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=32, ndf=32, crop_size=64, load_size=64,
+SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=16, ndf=16, crop_size=64, load_size=64,
                         num_threads=0, n_epochs=1, n_epochs_decay=1, print_freq=50,
                         display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'cyclegan'

@@ -96,7 +96,7 @@ def get_parser():
 
 # Without --dataroot: the built-in task, in minutes on 2 CPU cores; flags typed override this.
 SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_size=128,
-                        num_threads=0, n_epochs=2, n_epochs_decay=2, print_freq=50,
+                        num_threads=0, n_epochs=1, n_epochs_decay=1, print_freq=50,
                         display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'pixelgan'
 NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
