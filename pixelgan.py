@@ -663,7 +663,7 @@ def train(args, given):
 
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    if master and stopping:
+    if master and stopping and not due(step, args.save_latest_freq, total):  # (else just saved)
         save_run(ckpt_path, args, stateful, step, best_fid)
         print(f"interrupted: saved {ckpt_path} at iteration {step}; continue with: "
               f"python {SCRIPT}.py --resume --ckpt {ckpt_path}")
