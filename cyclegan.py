@@ -8,8 +8,7 @@ tells real B images from G_A's fakes, D_B real A images from G_B's (the paper's 
     python tools/translate.py --ckpt out/cyclegan/ckpt.pt photos/
     torchrun --standalone --nproc_per_node=8 cyclegan.py --dataroot ...
 
-Read top to bottom: config, networks, losses, the training step, the training loop. The side
-jobs (translation, export, FID/KID, benchmark, downloads) are in tools/.
+Read top to bottom: config, networks, losses, training step, loop; the side jobs are in tools/.
 """
 import argparse, functools, json, math, os, signal, sys, time
 import torch
@@ -90,9 +89,9 @@ def get_parser():
     return p
 
 # Without --dataroot: the built-in task, in minutes on 2 CPU cores; flags typed override this.
-SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=16, ndf=16, crop_size=64, load_size=64,
-                        num_threads=0, n_epochs=1, n_epochs_decay=1, print_freq=50,
-                        display_freq=250, eval_freq=500, save_latest_freq=500)
+SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=16, ndf=16, crop_size=48, load_size=48,
+                        batch_size=2, lr=0.0008, num_threads=0, n_epochs=1, n_epochs_decay=1,
+                        print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'cyclegan'
 NETWORKS = ['G_A', 'G_B', 'D_A', 'D_B']  # their names in the checkpoint and the official files
 STATE = ['args', 'step', 'rng_cpu', *NETWORKS, 'opt_G', 'opt_D', 'pool_A', 'pool_B']  # to resume
@@ -260,17 +259,14 @@ def average_gradients(optimizer):
         grad.copy_(mean.view_as(grad))
 
 def train_step(nets, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler):
-    """One iteration of the paper's full objective (Eq. 3): a generator step, then a
-    discriminator step. Returns the losses, named as in the official code."""
+    """One iteration of the full objective (Eq. 3): a generator step, then a discriminator step."""
     G_A, G_B, D_A, D_B = nets['G_A'], nets['G_B'], nets['D_A'], nets['D_B']
     batch_calls = args.norm in ('instance', 'none')
-    # the identity loss (section 5.2): G_A(b) should leave an image b of domain B as it is, which
-    # keeps the colours in painting -> photo (check_run made sure A and B have as many channels)
+    # the identity loss (section 5.2): G_A(b) should leave b of domain B as it is (keeps colours)
     identity = args.lambda_identity > 0
     zero = torch.zeros((), device=real_A.device)
-    # generator step, the discriminators frozen. The objective is a sum over the two cycles, so
-    # each cycle gets its own backward: the same gradients, with one cycle's activations in memory
-    # instead of two (measured: 23% less peak memory at 256 px)
+    # generator step, D frozen. The objective sums the two cycles, so each gets its own backward:
+    # the same gradients, one cycle's activations in memory (measured: 23% less peak at 256 px)
     D_A.requires_grad_(False)
     D_B.requires_grad_(False)
     opt_G.zero_grad(set_to_none=True)
@@ -333,15 +329,12 @@ def pick_device(name):
     return torch.device(present[0] if name == 'auto' else name)
 
 def autocast_dtype(name, device):
-    """--dtype auto: bfloat16 where the hardware has it (CUDA compute capability 8+, CPUs with
-    AVX-512 BF16 or AMX), else float32; decided on each run, for the machine it runs on."""
+    """--dtype auto: bfloat16 where the hardware has it (CUDA 8.0+, AVX-512 BF16, AMX)."""
     if name != 'auto':
         return name
     fast = device.type == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == 'cpu' and os.path.exists('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            flags = f.read()
-        fast = 'avx512_bf16' in flags or 'amx_bf16' in flags
+    if device.type == 'cpu':
+        fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return 'bfloat16' if fast else 'float32'
 
 def setup(args):
@@ -404,8 +397,8 @@ def check_checkpoint(obj, path, script=SCRIPT):
     return obj
 
 def resume_args(given, path):
-    """The checkpoint's args with the flags given now on top (FIXED_FLAGS must not change);
-    --max_iters holds only if given again."""
+    """The checkpoint's args under the flags given now (FIXED_FLAGS must not change; --max_iters
+    only if given again)."""
     ckpt = check_checkpoint(load_file(path), path)
     saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in FIXED_FLAGS
@@ -439,8 +432,7 @@ def restore_run(ckpt, stateful, path, device):
     return ckpt['step'], ckpt['best_fid']
 
 def held_out_data(args):
-    """The held-out images as (A, B) items, with the evaluation transform: of testA and testB
-    (else trainA and trainB), in order; or the built-in task's, pairs with hidden truth."""
+    """The held-out (A, B) items in order: testA/B (else trainA/B), or the built-in task's pairs."""
     channels = (args.input_nc, args.output_nc)
     held = data.Synthetic(args.crop_size, False, False, args.direction, channels)
     if args.dataroot is not None:
@@ -493,14 +485,12 @@ def psnr(x, y):
 
 @torch.no_grad()
 def evaluate(G_A, G_B, held, device, features=None):
-    """PSNR of G_A(A) against B and of G_B(B) against A where the held-out images are pairs with
-    hidden truth (the built-in task's); FID and KID of the translations against the held-out
-    images, each image once, with features (tools/fid.py). The RNG is left as it was."""
+    """PSNR of G_A(A) against B and G_B(B) against A on the built-in task's held-out pairs; FID
+    and KID of the translations against the held-out images, with features (tools/fid.py)."""
     scores = {}
     truth = isinstance(held, data.Synthetic)
-    domains = {k: torch.utils.data.DataLoader(data.Domain(held, k), 16) for k in 'AB'}
-    with torch.random.fork_rng(devices=[]):  # the loaders draw their seeds from it
-        images = {k: torch.cat(list(loader)).to(device) for k, loader in domains.items()}
+    domains = {k: data.Domain(held, k) for k in 'AB'}
+    images = {k: torch.stack([d[i] for i in range(len(d))]).to(device) for k, d in domains.items()}
     for name, G, x, y in [('AtoB', G_A, 'A', 'B'), ('BtoA', G_B, 'B', 'A')]:
         fake = torch.cat([G.eval()(batch).float() for batch in images[x].split(16)])
         G.train()
@@ -514,23 +504,33 @@ def evaluate(G_A, G_B, held, device, features=None):
 @torch.no_grad()
 def save_samples(G_A, G_B, A, B, path):
     """Two rows per sample: real_A | fake_B | rec_A, then real_B | fake_A | rec_B."""
-    G_A.eval()
-    G_B.eval()
+    generators = nn.ModuleList([G_A, G_B]).eval()  # (batch norm: its running statistics)
     fake_B, fake_A = G_A(A), G_B(B)
     rows = [A, fake_B, G_B(fake_B), B, fake_A, G_A(fake_A)]
-    G_A.train()
-    G_B.train()
+    generators.train()
     grid = torch.stack([r[i].float().expand(3, -1, -1) for i in range(len(A)) for r in rows])
     torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3, padding=2)  # gray: as RGB
 
-def log(out_dir, step, record):
-    """Appends the record to out_dir/log.jsonl (tools/to_tensorboard.py shows it in TensorBoard)."""
+def open_log(out_dir):
+    """out_dir/log.jsonl to append to, locked (POSIX) till the process ends: one run per out_dir."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-            f.write(json.dumps(dict(step=step, **record)) + '\n')
+        f = open(os.path.join(out_dir, 'log.jsonl'), 'a', buffering=1)  # a line at a time
+        if os.name == 'posix':  # (Windows has no such lock)
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"error: --out_dir {out_dir}: another run is writing there; give another one")
     except OSError as e:
         sys.exit(f"error: --out_dir {out_dir}: cannot write log.jsonl there ({e.strerror})")
+    return f
+
+def log(f, step, record):
+    """Appends the record to log.jsonl (tools/to_tensorboard.py shows it in TensorBoard)."""
+    try:
+        f.write(json.dumps(dict(step=step, **record)) + '\n')
+    except OSError as e:
+        sys.exit(f"error: cannot write {f.name} ({e.strerror})")
 
 STOP_REQUESTS = []  # Ctrl-C and SIGTERM as they come: the loop finishes its iteration, saves, exits
 
@@ -541,8 +541,7 @@ def request_stop(signum, frame):
 
 def start_epoch(loader, step, iters, batch_size):
     """The batches of the epoch that iteration `step` falls in, from that one on (iters: per
-    epoch). Sampler and dataset draw the epoch's random choices from (seed, epoch): a resumed run
-    sees the same images."""
+    epoch), drawn from (seed, epoch) by sampler and dataset: a resumed run sees the same images."""
     loader.sampler.epoch = step // iters
     loader.dataset.epoch = step // iters
     loader.sampler.start = step % iters * batch_size
@@ -591,8 +590,9 @@ def train(args, given):
     step, best_fid = 0, math.inf
     if ckpt is not None:
         step, best_fid = restore_run(ckpt, stateful, ckpt_path, device)
-    if master:  # the run's flags open its log: an out_dir that cannot be written fails here
-        log(args.out_dir, step, dict(args=vars(args)))
+    if master:  # the run's flags open its log: an out_dir in use or not writable fails here
+        log_file = open_log(args.out_dir)
+        log(log_file, step, dict(args=vars(args)))
         sizes = ', '.join(f"{k} {sum(p.numel() for p in v.parameters())}" for k, v in nets.items())
         task = args.dataroot or 'the built-in synthetic task'
         print(f"training on {task} from iteration {step}; parameters: {sizes}")
@@ -636,9 +636,10 @@ def train(args, given):
         loss = train_step(step_nets, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args,
                           autocast, scaler)
         step += 1
+        if t_last == t0 and not due(step, args.print_freq, total):  # the first iteration warms up
+            t_last, step_last = time.time(), step  # (allocations, compiling): timed from here
         losses = {k: v.item() for k, v in loss.items()}
-        # stop checks: a NaN loss ends the run before it reaches the checkpoint; Ctrl-C ends it
-        # after this iteration's save. Every process stops at the same iteration
+        # stop checks, alike on every process: a NaN loss ends the run unsaved, Ctrl-C after a save
         diverging = not all(math.isfinite(v) for v in losses.values())
         diverging, stopping = any_process([diverging, bool(STOP_REQUESTS)], device)
         if diverging:
@@ -652,7 +653,7 @@ def train(args, given):
             shown = ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
             print(f"epoch {epoch + 1} iter {step}/{total} | {shown} | {ips:.1f} img/s | ETA "
                   f"{eta:.1f} min")
-            log(args.out_dir, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
+            log(log_file, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
             t_last, step_last = time.time(), step
         # samples: the translations of the fixed held-out images
         if master and due(step, args.display_freq, total):
@@ -665,9 +666,8 @@ def train(args, given):
             scores = evaluate(nets['G_A'], nets['G_B'], held, device, features)
             shown = ' '.join(f"{k} {v:.3f}" for k, v in scores.items())
             print(f"eval at iter {step}: {shown}")
-            log(args.out_dir, step, scores)
-        # save: best.pt at a new lowest FID (both directions summed); ckpt.pt every
-        # save_latest_freq iterations and at the end (and below, when asked to stop)
+            log(log_file, step, scores)
+        # save: best.pt at a new lowest FID (both directions summed); ckpt.pt when due, or stopped
         fid = sum(v for k, v in scores.items() if k.startswith('fid'))
         if 'fid_AtoB' in scores and fid < best_fid:
             best_fid = fid
@@ -679,6 +679,7 @@ def train(args, given):
         torch.distributed.destroy_process_group()
     if master and stopping and not due(step, args.save_latest_freq, total):  # (else just saved)
         save_run(ckpt_path, args, stateful, step, best_fid)
+    if master and stopping:
         print(f"interrupted: saved {ckpt_path} at iteration {step}; continue with: "
               f"python {SCRIPT}.py --resume --ckpt {ckpt_path}")
     if stopping:

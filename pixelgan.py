@@ -96,8 +96,8 @@ def get_parser():
 
 # Without --dataroot: the built-in task, in minutes on 2 CPU cores; flags typed override this.
 SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_size=128,
-                        num_threads=0, n_epochs=1, n_epochs_decay=1, print_freq=50,
-                        display_freq=250, eval_freq=500, save_latest_freq=500)
+                        batch_size=2, lr=0.0004, num_threads=0, n_epochs=1, n_epochs_decay=0,
+                        print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'pixelgan'
 NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
 STATE = ['args', 'step', 'rng_cpu', *NETWORKS, 'opt_G', 'opt_D']  # to resume
@@ -303,15 +303,12 @@ def pick_device(name):
     return torch.device(present[0] if name == 'auto' else name)
 
 def autocast_dtype(name, device):
-    """--dtype auto: bfloat16 where the hardware has it (CUDA compute capability 8+, CPUs with
-    AVX-512 BF16 or AMX), else float32; decided on each run, for the machine it runs on."""
+    """--dtype auto: bfloat16 where the hardware has it (CUDA 8.0+, AVX-512 BF16, AMX)."""
     if name != 'auto':
         return name
     fast = device.type == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == 'cpu' and os.path.exists('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            flags = f.read()
-        fast = 'avx512_bf16' in flags or 'amx_bf16' in flags
+    if device.type == 'cpu':
+        fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return 'bfloat16' if fast else 'float32'
 
 def setup(args):
@@ -374,8 +371,8 @@ def check_checkpoint(obj, path, script=SCRIPT):
     return obj
 
 def resume_args(given, path):
-    """The checkpoint's args with the flags given now on top (FIXED_FLAGS must not change);
-    --max_iters holds only if given again."""
+    """The checkpoint's args under the flags given now (FIXED_FLAGS must not change; --max_iters
+    only if given again)."""
     ckpt = check_checkpoint(load_file(path), path)
     saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in FIXED_FLAGS
@@ -511,14 +508,26 @@ def save_samples(G, A, B, path, train_mode=False):
     grid = torch.stack([r[i].float().expand(3, -1, -1) for i in range(len(A)) for r in rows])
     torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3)  # gray: as RGB
 
-def log(out_dir, step, record):
-    """Appends the record to out_dir/log.jsonl (tools/to_tensorboard.py shows it in TensorBoard)."""
+def open_log(out_dir):
+    """out_dir/log.jsonl to append to, locked (POSIX) till the process ends: one run per out_dir."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-            f.write(json.dumps(dict(step=step, **record)) + '\n')
+        f = open(os.path.join(out_dir, 'log.jsonl'), 'a', buffering=1)  # a line at a time
+        if os.name == 'posix':  # (Windows has no such lock)
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"error: --out_dir {out_dir}: another run is writing there; give another one")
     except OSError as e:
         sys.exit(f"error: --out_dir {out_dir}: cannot write log.jsonl there ({e.strerror})")
+    return f
+
+def log(f, step, record):
+    """Appends the record to log.jsonl (tools/to_tensorboard.py shows it in TensorBoard)."""
+    try:
+        f.write(json.dumps(dict(step=step, **record)) + '\n')
+    except OSError as e:
+        sys.exit(f"error: cannot write {f.name} ({e.strerror})")
 
 STOP_REQUESTS = []  # Ctrl-C and SIGTERM as they come: the loop finishes its iteration, saves, exits
 
@@ -529,8 +538,7 @@ def request_stop(signum, frame):
 
 def start_epoch(loader, step, iters, batch_size):
     """The batches of the epoch that iteration `step` falls in, from that one on (iters: per
-    epoch). Sampler and dataset draw the epoch's random choices from (seed, epoch): a resumed run
-    sees the same images."""
+    epoch), drawn from (seed, epoch) by sampler and dataset: a resumed run sees the same images."""
     loader.sampler.epoch = step // iters
     loader.dataset.epoch = step // iters
     loader.sampler.start = step % iters * batch_size
@@ -579,8 +587,9 @@ def train(args, given):
     step, best_fid = 0, math.inf
     if ckpt is not None:
         step, best_fid = restore_run(ckpt, stateful, ckpt_path, device)
-    if master:  # the run's flags open its log: an out_dir that cannot be written fails here
-        log(args.out_dir, step, dict(args=vars(args)))
+    if master:  # the run's flags open its log: an out_dir in use or not writable fails here
+        log_file = open_log(args.out_dir)
+        log(log_file, step, dict(args=vars(args)))
         sizes = ', '.join(f"{k} {sum(p.numel() for p in v.parameters())}" for k, v in nets.items())
         task = args.dataroot or 'the built-in synthetic task'
         print(f"training on {task} from iteration {step}; parameters: {sizes}")
@@ -623,9 +632,10 @@ def train(args, given):
         real_B = batch['B'].to(device, non_blocking=True)
         loss = train_step(step_nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
         step += 1
+        if t_last == t0 and not due(step, args.print_freq, total):  # the first iteration warms up
+            t_last, step_last = time.time(), step  # (allocations, compiling): timed from here
         losses = {k: v.item() for k, v in loss.items()}
-        # stop checks: a NaN loss ends the run before it reaches the checkpoint; Ctrl-C ends it
-        # after this iteration's save. Every process stops at the same iteration
+        # stop checks, alike on every process: a NaN loss ends the run unsaved, Ctrl-C after a save
         diverging = not all(math.isfinite(v) for v in losses.values())
         diverging, stopping = any_process([diverging, bool(STOP_REQUESTS)], device)
         if diverging:
@@ -639,7 +649,7 @@ def train(args, given):
             shown = ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
             print(f"epoch {epoch + 1} iter {step}/{total} | {shown} | {ips:.1f} img/s | ETA "
                   f"{eta:.1f} min")
-            log(args.out_dir, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
+            log(log_file, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
             t_last, step_last = time.time(), step
         # samples: the translations of the fixed held-out images
         if master and due(step, args.display_freq, total):
@@ -652,9 +662,8 @@ def train(args, given):
             scores = evaluate(nets['G'], held, device, args.test_train_mode, features)
             shown = ' '.join(f"{k} {v:.3f}" for k, v in scores.items())
             print(f"eval at iter {step}: {shown}")
-            log(args.out_dir, step, scores)
-        # save: best.pt at a new lowest FID; ckpt.pt every save_latest_freq iterations and at the
-        # end (and below, when asked to stop)
+            log(log_file, step, scores)
+        # save: best.pt at a new lowest FID; ckpt.pt when due, or stopped
         if scores.get('fid', math.inf) < best_fid:
             best_fid = scores['fid']
             save_run(best_path, args, stateful, step, best_fid)
@@ -665,6 +674,7 @@ def train(args, given):
         torch.distributed.destroy_process_group()
     if master and stopping and not due(step, args.save_latest_freq, total):  # (else just saved)
         save_run(ckpt_path, args, stateful, step, best_fid)
+    if master and stopping:
         print(f"interrupted: saved {ckpt_path} at iteration {step}; continue with: "
               f"python {SCRIPT}.py --resume --ckpt {ckpt_path}")
     if stopping:

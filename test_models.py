@@ -1,6 +1,6 @@
 """The specification of cyclegan.py, pixelgan.py and data.py, as tests. Small sizes and widths keep
 the whole file to a few minutes on two CPU cores."""
-import ast, contextlib, copy, errno, functools, importlib.util, inspect, io, json, os, pickle, subprocess, sys, tokenize, zipfile
+import ast, contextlib, copy, errno, functools, gc, importlib.util, inspect, io, json, os, pickle, subprocess, sys, tokenize, zipfile
 import numpy as np
 import pytest
 import torch
@@ -9,18 +9,49 @@ from PIL import Image
 
 import cyclegan, data, pixelgan
 from tools import bench, download as download_tool, evaluate as evaluate_tool, export as export_tool, fid
-from tools import translate as translate_tool
+from tools import to_tensorboard, translate as translate_tool
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 count = lambda net: sum(p.numel() for p in net.parameters())
 
-def run(script, *args, check=True, **kw):
-    """Run a script the way a user does; returns the finished process (stdout + stderr in .out)."""
-    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True, **kw)
+def run(script, *args, check=True, fresh=False, **kw):
+    """Run a script the way a user does; returns its exit status, stdout, stderr, and both in .out.
+    Its main() runs inside this process, as Python would run it, which saves starting Python and
+    torch for each call; in a new process with fresh=True or subprocess.run's options (env, cwd)."""
+    argv = [str(a) for a in args]
+    if fresh or kw:
+        p = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], capture_output=True, text=True, **kw)
+    else:
+        p = run_main(script, argv)
     p.out = p.stdout + p.stderr
     if check:
         assert p.returncode == 0, p.out
     return p
+
+def run_main(script, argv):
+    """script's main(argv) in this process: what sys.exit says goes to stderr, with its status; an
+    exception is a traceback and status 1; the signal handlers that main() installs are undone."""
+    import signal, traceback, types
+    modules = {'cyclegan.py': cyclegan, 'pixelgan.py': pixelgan, 'tools/bench.py': bench, 'tools/download.py': download_tool,
+               'tools/evaluate.py': evaluate_tool, 'tools/export.py': export_tool, 'tools/translate.py': translate_tool,
+               'tools/to_tensorboard.py': to_tensorboard}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+    stdout, stderr, status = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            modules[script].main(argv)
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            stderr.write(e.code + '\n')
+    except Exception:
+        stderr.write(traceback.format_exc())
+        status = 1
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        gc.collect()  # closes what the run left open, as its process's end would (its out_dir's lock)
+    return types.SimpleNamespace(returncode=status, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 def save_image(path, size=(40, 32), mode='RGB', seed=0):
     rng = np.random.default_rng(seed)
@@ -343,7 +374,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, workers
     assert all(torch.equal(x, y) for x, y in zip(a['pool_A'], b['pool_A']))
 
 def test_resume_refuses_another_architecture_or_script(tmp_path):
-    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 1, '--out_dir', tmp_path)
+    run('cyclegan.py', *TINY_CYCLEGAN, '--batch_size', 1, '--max_iters', 1, '--out_dir', tmp_path)
     p = run('cyclegan.py', '--resume', '--out_dir', tmp_path, '--ngf', 8, '--norm', 'batch', '--batch_size', 2, check=False)
     assert p.returncode == 1 and '--ngf 8 (checkpoint: 4)' in p.out and '--norm batch (checkpoint: instance)' in p.out
     assert '--batch_size 2 (checkpoint: 1)' in p.out  # the position in the epoch counts in batches
@@ -550,6 +581,7 @@ def test_unet_generator_computes_what_the_official_one_does():
 # data parallelism: two CPU processes with gloo, as torch.multiprocessing / torchrun launch them
 
 def _ddp_worker(rank, script, argv, port, out):
+    torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     module = {'cyclegan': cyclegan, 'pixelgan': pixelgan}[script]
     nets = module.train(*module.parse_args(argv))
@@ -559,7 +591,7 @@ def _ddp_worker(rank, script, argv, port, out):
 def test_two_processes_train_in_lockstep_and_reproducibly(tmp_path, script, tiny):
     import torch.multiprocessing as mp
     finals = []
-    for trial in range(2):
+    for trial in range(2):  # (a thread per process: two processes of two threads on two cores crawl)
         out = tmp_path / f'run{trial}'
         out.mkdir()
         argv = [str(v) for v in tiny] + ['--max_iters', '3', '--out_dir', str(out / 'train'), '--eval_freq', '100']
@@ -702,13 +734,17 @@ def test_export_official_round_trip(tmp_path):
 # -----------------------------------------------------------------------------
 # reliability: interruption, broken files mid-run, numerics, unwritable output
 
-def test_sigterm_saves_at_the_next_iteration_and_says_how_to_resume(tmp_path):
+def test_a_second_run_on_a_busy_out_dir_is_refused_and_sigterm_saves_the_first(tmp_path):
     import signal, time
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'cyclegan.py'), *map(str, TINY_CYCLEGAN), '--max_iters', '100000',
                           '--save_latest_freq', '100000', '--out_dir', str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = tmp_path / 'log.jsonl'
     while not log.exists() or len(log.read_text().splitlines()) < 2:  # until training has logged
         time.sleep(0.2)
+    if os.name == 'posix':  # (the lock is POSIX's flock)
+        second = run('pixelgan.py', '--out_dir', tmp_path, check=False)
+        assert second.returncode == 1 and second.stderr == f"error: --out_dir {tmp_path}: another run is writing there; give another one\n"
+        assert sum('"args"' in line for line in log.read_text().splitlines()) == 1  # the second wrote nothing
     p.send_signal(signal.SIGTERM)
     out = p.communicate(timeout=60)[0]
     assert p.returncode != 0 and 'interrupted: saved' in out and '--resume' in out
@@ -845,6 +881,18 @@ def test_a_new_run_never_replaces_an_earlier_checkpoint_or_a_given_file(tmp_path
         assert p.returncode == 1 and 'exists; continue that run with --resume' in p.out and 'Traceback' not in p.out
     assert (tmp_path / 'run' / 'ckpt.pt').read_bytes() == before
     assert (tmp_path / 'pretrained.pth').read_bytes() == pretrained
+
+def test_the_first_progress_line_leaves_out_the_first_iterations_warm_up(tmp_path, monkeypatch):
+    import time
+    step, calls = cyclegan.train_step, []
+    def first_one_slow(*args):
+        calls.append(1)
+        time.sleep(3 if len(calls) == 1 else 0)  # as allocations or --compile make it
+        return step(*args)
+    monkeypatch.setattr(cyclegan, 'train_step', first_one_slow)
+    run('cyclegan.py', *TINY_CYCLEGAN, '--max_iters', 4, '--print_freq', 4, '--display_freq', 100, '--out_dir', tmp_path)
+    progress = [r for r in map(json.loads, (tmp_path / 'log.jsonl').read_text().splitlines()) if 'images_per_s' in r]
+    assert progress[0]['step'] == 4 and progress[0]['images_per_s'] > 2  # counting the first: at most 4 / 3 s
 
 def test_max_iters_0_trains_nothing_and_says_so_truly(tmp_path):
     p = run('pixelgan.py', *TINY_PIXELGAN, '--max_iters', 0, '--out_dir', tmp_path)
