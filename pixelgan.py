@@ -672,9 +672,9 @@ def train(args, given):
 
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    if master and stopping and not due(step, args.save_latest_freq, total):  # (else just saved)
-        save_run(ckpt_path, args, stateful, step, best_fid)
     if master and stopping:
+        if not due(step, args.save_latest_freq, total):  # (else the loop has just saved)
+            save_run(ckpt_path, args, stateful, step, best_fid)
         print(f"interrupted: saved {ckpt_path} at iteration {step}; continue with: "
               f"python {SCRIPT}.py --resume --ckpt {ckpt_path}")
     if stopping:
