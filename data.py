@@ -16,12 +16,14 @@ class DataError(Exception):
 # image files
 
 def find_images(folder):
-    """All images under folder (recursive, any extension case), sorted; a clear error if none."""
+    """The image files under folder (recursive, any extension case), sorted; regular files only
+    (a FIFO named like an image would never end a read); a clear error if none."""
     if not os.path.isdir(folder):
-        raise DataError(f"{folder}: folder not found")
+        raise DataError(f"{folder}: not a folder")
     paths = []
     for d, _, files in os.walk(folder):
         paths += [os.path.join(d, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+    paths = [p for p in paths if os.path.isfile(p)]
     if not paths:
         raise DataError(f"{folder}: no images ({', '.join(IMG_EXTENSIONS)}) in this folder")
     return sorted(paths)
@@ -59,8 +61,8 @@ def load_image(path, channels=3):
     return img.convert('RGB')  # RGBA loses its alpha; CMYK and L are converted
 
 def check_images(paths, transform, split=1):
-    """Every header read at start-up: a broken or too-small image stops the run before training.
-    split=2: each half of side-by-side files. EXIF orientations 5 to 8 turn the image 90 degrees."""
+    """Every header read at start-up: a broken or too-small image stops the run before training
+    (split=2: each half of side-by-side files; EXIF orientations 5 to 8 turn it 90 degrees)."""
     for p in paths:
         try:
             with Image.open(p) as img:
@@ -76,15 +78,16 @@ def check_images(paths, transform, split=1):
 # transforms (the official preprocessing, one random draw shared by all images of an item)
 
 class Transform:
-    """Resize (bicubic) or scale_width, random crop, random flip, to a [-1, 1] tensor.
-    train=False is the evaluation transform: no randomness, images sized to crop_size directly."""
+    """Resize (bicubic) or scale_width, random crop, random flip, to a [-1, 1] tensor; train=False:
+    no randomness, sized to crop_size. min_side: the networks' smallest, where nothing crops."""
     def __init__(self, preprocess='resize_and_crop', load_size=286, crop_size=256, flip=True,
-                 train=True):
+                 train=True, min_side=1):
         self.preprocess = preprocess
         self.load = load_size
         self.crop = crop_size
         self.flip = flip
         self.train = train
+        self.min_side = min_side
         if train and preprocess == 'resize_and_crop' and crop_size > load_size:
             raise DataError(f"--crop_size {crop_size} is larger than --load_size {load_size}")
 
@@ -106,6 +109,9 @@ class Transform:
         if self.train and 'crop' in self.preprocess and (w < self.crop or h < self.crop):
             raise DataError(f"{path}: image is {w}x{h} after resizing, smaller than --crop_size "
                             f"{self.crop}; lower --crop_size or use --preprocess resize_and_crop")
+        if 'crop' not in self.preprocess and min(w, h) < self.min_side:
+            raise DataError(f"{path}: image is {w}x{h} after resizing, smaller than the networks' "
+                            f"{self.min_side}; remove it or use --preprocess resize_and_crop")
 
     def __call__(self, imgs, rng, path='image'):
         self.check_size(*imgs[0].size, path)  # (the start-up check may not have seen this file)
@@ -124,8 +130,9 @@ class Transform:
         return [TF.normalize(t, [0.5] * len(t), [0.5] * len(t)) for t in tensors]
 
 # -----------------------------------------------------------------------------
-# datasets. Every random choice of an item comes from an RNG seeded by (seed, epoch, index), so
-# the data stream is the same with any number of loader workers, processes, or resumes.
+# datasets. An item is asked for as (epoch, index), as the sampler gives it (an index alone: epoch
+# 0); its random choices come from (seed, epoch, index): the same with any number of loader
+# workers, persistent or not, processes, or resumes.
 
 class UnpairedFolders(torch.utils.data.Dataset):
     """<root>/<phase>A and <root>/<phase>B (swapped with direction BtoA). An epoch is
@@ -141,13 +148,13 @@ class UnpairedFolders(torch.utils.data.Dataset):
         self.serial = serial
         self.seed = seed
         self.channels = channels  # of A and of B: 1 (grayscale) or 3 (RGB)
-        self.epoch = 0
 
     def __len__(self):
         return max(len(self.A), len(self.B))
 
-    def __getitem__(self, i):
-        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+    def __getitem__(self, item):
+        epoch, i = item if isinstance(item, tuple) else (0, item)
+        rng = random.Random(f"{self.seed}/{epoch}/{i}")
         b = i % len(self.B) if self.serial else rng.randrange(len(self.B))
         path_A, path_B = self.A[i % len(self.A)], self.B[b]
         A = self.transform([load_image(path_A, self.channels[0])], rng, path_A)[0]
@@ -179,12 +186,12 @@ class PairedFolders(torch.utils.data.Dataset):
         self.swap = direction == 'BtoA'
         self.seed = seed
         self.channels = channels  # of the input and of the target (after the swap)
-        self.epoch = 0
 
     def __len__(self):
         return len(self.A)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        epoch, i = item if isinstance(item, tuple) else (0, item)
         nc_a, nc_b = self.channels[::-1] if self.swap else self.channels  # of the files' A and B
         if self.side_by_side:  # an odd width loses its last column: both halves the same size
             ab = load_image(self.A[i], max(nc_a, nc_b))
@@ -193,14 +200,14 @@ class PairedFolders(torch.utils.data.Dataset):
             a, b = a.convert(a.mode if nc_a == 3 else 'L'), b.convert(b.mode if nc_b == 3 else 'L')
         else:
             a, b = load_image(self.A[i], nc_a), load_image(self.B[i], nc_b)
-        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        rng = random.Random(f"{self.seed}/{epoch}/{i}")
         A, B = self.transform([a, b], rng, self.A[i])
         if self.swap:
             return {'A': B, 'B': A}
         return {'A': A, 'B': B}
 
 class Domain(torch.utils.data.Dataset):
-    """dataset[i][key] for as many i as that domain has images (UnpairedFolders, serial=True)."""
+    """{key: dataset[i][key]} for as many i as that domain has images (UnpairedFolders, serial)."""
     def __init__(self, dataset, key):
         self.dataset = dataset
         self.key = key
@@ -209,12 +216,12 @@ class Domain(torch.utils.data.Dataset):
     def __len__(self):
         return self.size
 
-    def __getitem__(self, i):
-        return self.dataset[i][self.key]
+    def __getitem__(self, item):
+        return {self.key: self.dataset[item][self.key]}
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Shuffles with a per-epoch seed, gives each of `world` processes its own equal-length shard
-    (wrapping around to pad), and can start part-way into an epoch to resume exactly."""
+    """(epoch, index) items: shuffled with a per-epoch seed, each of `world` processes its own
+    equal-length shard (wrapping around to pad), from part-way into an epoch to resume exactly."""
     def __init__(self, n, seed, shuffle=True, rank=0, world=1):
         self.n = n
         self.seed = seed
@@ -233,7 +240,44 @@ class EpochSampler(torch.utils.data.Sampler):
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n, generator=generator).tolist()
         order += order[:math.ceil(self.n / self.world) * self.world - self.n]
-        return iter(order[self.rank::self.world][self.start:])
+        return iter((self.epoch, i) for i in order[self.rank::self.world][self.start:])
+
+def train_loader(dataset, batch_size, workers, seed, shuffle, rank=0, world=1):
+    """This process's shard in batches; workers kept from epoch to epoch, at most one a CPU."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    workers = min(workers, cpus or 1)
+    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world)
+    if len(sampler) < batch_size:
+        raise DataError(f"{len(dataset)} training images make no batch of --batch_size "
+                        f"{batch_size} on {world} process(es)")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(), drop_last=True,
+        generator=torch.Generator())  # its own RNG: the global one stays exact on resume
+
+def start_epoch(loader, step, iters):
+    """The batches of the epoch that iteration `step` falls in, from that one on (iters: per
+    epoch); the sampler gives each item its epoch, which draws its crops and flips."""
+    loader.sampler.epoch = step // iters
+    loader.sampler.start = step % iters * loader.batch_size
+    return iter(loader)
+
+def share_loader(dataset):
+    """This process's share of a held-out dataset, in batches of 16: items rank, rank + world, ...
+    (padded with the first ones where they do not divide evenly: gather() drops those)."""
+    rank, world = 0, 1
+    if torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    sampler = EpochSampler(len(dataset), 0, shuffle=False, rank=rank, world=world)
+    return torch.utils.data.DataLoader(dataset, 16, sampler=sampler, generator=torch.Generator())
+
+def gather(rows, n):
+    """The rows each process computed for its share, on every process, in the n items' order."""
+    if not torch.distributed.is_initialized():
+        return rows
+    parts = [torch.empty_like(rows) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, rows)
+    return torch.stack(parts, 1).flatten(0, 1)[:n]
 
 # -----------------------------------------------------------------------------
 # built-in synthetic data: no download, deterministic, with hidden ground truth for evaluation
@@ -285,7 +329,8 @@ class Synthetic(torch.utils.data.Dataset):
     def __len__(self):
         return self.n
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        i = item[1] if isinstance(item, tuple) else item  # (no randomness: the epoch is unused)
         seed = i if self.train else 10**6 + i
         if self.paired:
             B = render_scene(seed, self.size, striped=seed % 2 == 1)

@@ -1,17 +1,16 @@
-"""pix2pix and PixelGAN in one file: paired image-to-image translation (Isola et al., CVPR 2017,
-arXiv:1611.07004). A U-Net generator G maps an input image A to its target B; a conditional
-discriminator D judges (A, B) pairs, per pixel (the 1x1 PixelGAN) or per patch (PatchGAN).
+"""pix2pix and PixelGAN in one file: paired image-to-image translation (Isola et al., CVPR 2017).
+A U-Net generator G maps an input image A to its target B; a conditional discriminator D judges
+(A, B) pairs, per pixel (the 1x1 PixelGAN) or per patch (PatchGAN).
 
     python pixelgan.py                                       # built-in task, minutes on a CPU
     python pixelgan.py --dataroot datasets/facades --netD basic --direction BtoA  # the paper's
     python pixelgan.py --resume                              # continue out/pixelgan/ckpt.pt
-    python tools/translate.py --ckpt out/pixelgan/ckpt.pt photos/
     torchrun --standalone --nproc_per_node=8 pixelgan.py --dataroot ...
 
-Read top to bottom: config, networks, losses, the training step, the training loop. The side
-jobs (translation, export, FID/KID, benchmark, downloads) are in tools/.
+Read top to bottom: config, networks, losses and the training step, the loop; side jobs: tools/.
 """
-import argparse, contextlib, copy, functools, json, math, os, signal, sys, time
+import argparse, contextlib, copy, datetime, functools, io, json, math, os, shlex, signal, sys
+import tempfile, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,11 +18,11 @@ import torchvision
 import data
 
 # -----------------------------------------------------------------------------
-# config: the official flags keep their names and defaults; the rest are marked "new"
+# config: the official flags keep their names and defaults, but --netD's (pixel here, measured
+# better; the official code's: basic); the rest are marked "new"
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a wrong flag or value is one line (the error), not the usage text too."""
-    def error(self, message):
+    def error(self, message):  # one line, not the usage text too
         sys.exit(f"error: {message}; --help lists the flags")
 
 def bounded(kind, low, high=math.inf, above=False):
@@ -31,7 +30,6 @@ def bounded(kind, low, high=math.inf, above=False):
     bound = f"{'above' if above else 'at least'} {low}"
     if high < math.inf:
         bound += f" and below {high}"
-
     def check(text):
         value = kind(text)
         if not low <= value < high or (above and value == low):
@@ -50,7 +48,7 @@ def get_parser():
       '<root>/B/train (test or val: held out); none: the built-in task')
     a('--netG', default='unet_256', choices=['unet_256', 'unet_128'])
     a('--netD', default='pixel', choices=['pixel', 'basic', 'n_layers'],
-      help='pixel: 1x1 PixelGAN (measured best here, see README); basic: 70x70 PatchGAN')
+      help='pixel: 1x1 PixelGAN (our default, measured best, see README); basic: 70x70 PatchGAN')
     a('--n_layers_D', type=NATURAL, default=3, help='depth of the n_layers discriminator')
     a('--input_nc', type=int, default=3, choices=[1, 3], help='input channels: 1 gray, 3 RGB')
     a('--output_nc', type=int, default=3, choices=[1, 3], help='output (target) channels')
@@ -74,7 +72,7 @@ def get_parser():
     a('--serial_batches', action='store_true', help='take images in order instead of shuffled')
     a('--direction', default='AtoB', choices=['AtoB', 'BtoA'],
       help='AtoB maps the left/A image to the right/B one')
-    a('--num_threads', type=COUNT, default=4, help='data loader worker processes')
+    a('--num_threads', type=COUNT, default=4, help='loader processes, at most the CPUs present')
     a('--max_dataset_size', type=NATURAL, default=None, help='at most this many training pairs')
     a('--print_freq', type=NATURAL, default=100, help='iterations between progress lines')
     a('--display_freq', type=NATURAL, default=400, help='iterations between sample grids')
@@ -83,14 +81,14 @@ def get_parser():
     a('--out_dir', default='out/pixelgan', help='new: checkpoint, samples and log.jsonl go here')
     a('--max_iters', type=COUNT, default=None, help='new: stop after this many iterations')
     a('--eval_freq', type=NATURAL, default=1000, help='new: iterations between evaluations')
-    a('--fid_weights', metavar='FILE',
-      help='new: FID, KID and best.pt with these feature weights (tools/fid.py)')
+    a('--fid', action='store_true', help='new: FID, KID and best.pt (see tools/fid.py)')
+    a('--fid_weights', metavar='FILE', help='new: --fid with the FID Inception weights in FILE')
     a('--test_train_mode', action='store_true', help='new: evaluate in train mode, as the paper')
     a('--resume', action='store_true', help='new: continue from --ckpt (default out_dir/ckpt.pt)')
     a('--ckpt', help='new: the checkpoint to write, or with --resume to continue')
-    a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
+    a('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'], help='new')
     a('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
-      help='new: autocast precision of the networks; auto: bfloat16 where the hardware is fast')
+      help='new: autocast precision; auto: the fastest the hardware has (see autocast_dtype)')
     a('--compile', action='store_true', help='new: torch.compile the networks')
     return p
 
@@ -100,13 +98,13 @@ SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_siz
                         print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'pixelgan'
 NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
-STATE = ['args', 'step', 'rng_cpu', *NETWORKS, 'opt_G', 'opt_D']  # to resume
-# flags a resumed run must keep: the networks' shapes, and the batch size its position counts in
+STATE = ['args', 'step', 'rng', 'best_fid', *NETWORKS, 'opt_G', 'opt_D']
+# flags a resumed run keeps: the networks, the batch size its position counts in, the direction
 FIXED_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout', 'input_nc',
-               'output_nc', 'batch_size']
+               'output_nc', 'batch_size', 'direction']
 
 def parse_args(argv=None):
-    """Returns the args and the flags given explicitly (they override preset and checkpoint)."""
+    """The args, and the flags typed (which override the preset and a checkpoint's)."""
     parser = get_parser()
     args = parser.parse_args(argv)
     for action in parser._actions:  # a second parse without defaults: only what was typed
@@ -136,15 +134,16 @@ class UnetBlock(nn.Module):
         down = nn.Conv2d(in_nc or outer_nc, inner_nc, 4, 2, 1, bias=bias)
         self.outermost = in_nc is not None
         if self.outermost:
-            layers = [down, inner, nn.ReLU(True),
+            layers = [down, inner, nn.ReLU(inplace=True),
                       nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1), nn.Tanh()]
         elif inner is None:  # innermost: no norm at the 1x1 bottleneck
-            layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True),
+            layers = [nn.LeakyReLU(0.2, inplace=True), down, nn.ReLU(inplace=True),
                       nn.ConvTranspose2d(inner_nc, outer_nc, 4, 2, 1, bias=bias),
                       norm_layer(norm, outer_nc)]
         else:
-            layers = [nn.LeakyReLU(0.2, True), down, norm_layer(norm, inner_nc), inner,
-                      nn.ReLU(True), nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias),
+            layers = [nn.LeakyReLU(0.2, inplace=True), down, norm_layer(norm, inner_nc), inner,
+                      nn.ReLU(inplace=True),
+                      nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, 2, 1, bias=bias),
                       norm_layer(norm, outer_nc)]
             if dropout:
                 layers += [nn.Dropout(0.5)]
@@ -177,13 +176,13 @@ class NLayerDiscriminator(nn.Module):
     def __init__(self, in_nc=3, ndf=64, n_layers=3, norm='instance'):
         super().__init__()
         bias = norm == 'instance'
-        layers = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        layers = [nn.Conv2d(in_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         c = ndf
         for n in range(1, n_layers + 1):
             c_next = ndf * min(2 ** n, 8)
             stride = 2 if n < n_layers else 1  # the last of these keeps the resolution
             layers += [nn.Conv2d(c, c_next, 4, stride, 1, bias=bias), norm_layer(norm, c_next),
-                       nn.LeakyReLU(0.2, True)]
+                       nn.LeakyReLU(0.2, inplace=True)]
             c = c_next
         layers += [nn.Conv2d(c, 1, 4, 1, 1)]
         self.model = nn.Sequential(*layers)
@@ -197,9 +196,10 @@ class PixelDiscriminator(nn.Module):
     def __init__(self, in_nc=3, ndf=64, norm='instance'):
         super().__init__()
         bias = norm == 'instance'
-        self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, True),
+        self.net = nn.Sequential(nn.Conv2d(in_nc, ndf, 1), nn.LeakyReLU(0.2, inplace=True),
                                  nn.Conv2d(ndf, 2 * ndf, 1, bias=bias), norm_layer(norm, 2 * ndf),
-                                 nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
+                                 nn.LeakyReLU(0.2, inplace=True),
+                                 nn.Conv2d(2 * ndf, 1, 1, bias=bias))
 
     def forward(self, x):
         return self.net(x)
@@ -216,12 +216,32 @@ def init_weights(net, gain=0.02):
             nn.init.zeros_(m.bias)
     return net
 
+def build_model(args, device):
+    """The two networks by name, initialised as the official code does, and their optimizers. D
+    is conditional: it sees input and output concatenated along channels. channels_last (NHWC)
+    runs the discriminators faster; the U-Net was faster without it."""
+    num_downs = 8 if args.netG == 'unet_256' else 7
+    G = UnetGenerator(args.input_nc, args.output_nc, num_downs, args.ngf, args.norm,
+                      dropout=not args.no_dropout)
+    G = init_weights(G, args.init_gain).to(device)
+    in_nc = args.input_nc + args.output_nc
+    if args.netD == 'pixel':
+        D = PixelDiscriminator(in_nc, args.ndf, args.norm)
+    else:
+        n_layers = 3 if args.netD == 'basic' else args.n_layers_D
+        D = NLayerDiscriminator(in_nc, args.ndf, n_layers, args.norm)
+    D = init_weights(D, args.init_gain).to(device)
+    if device.type != 'mps':  # (MPS runs channels_last convolutions slowly)
+        D = D.to(memory_format=torch.channels_last)
+    adam = functools.partial(torch.optim.Adam, lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+    return dict(G=G, D=D), adam(G.parameters()), adam(D.parameters())
+
+
 # -----------------------------------------------------------------------------
 # losses and the training step
 
 def gan_loss(pred, target_is_real, gan_mode):
-    """The adversarial loss (Eq. 1 of both papers), in float32: least squares ('lsgan',
-    CycleGAN's) or cross-entropy on logits ('vanilla', pix2pix's)."""
+    """Eq. 1 of both papers, in float32: least squares ('lsgan') or cross-entropy on logits."""
     pred = pred.float()
     target = torch.full_like(pred, float(target_is_real))
     if gan_mode == 'lsgan':
@@ -240,20 +260,9 @@ def lr_factor(epoch, n_epochs, n_epochs_decay):
     """The learning rate's multiplier after `epoch` epochs: 1, then a linear decay (official)."""
     return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1))
 
-def average_gradients(optimizer):
-    """Under torchrun: the gradients averaged over all processes in one all-reduce, as DDP does."""
-    if not torch.distributed.is_initialized():
-        return
-    grads = [p.grad for g in optimizer.param_groups for p in g['params'] if p.grad is not None]
-    flat = torch.cat([grad.flatten() for grad in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= torch.distributed.get_world_size()
-    for grad, mean in zip(grads, flat.split([grad.numel() for grad in grads])):
-        grad.copy_(mean.view_as(grad))
-
 def train_step(nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
     """One iteration of G* = arg min_G max_D L_cGAN(G, D) + lambda L_L1(G) (the paper's Eq. 4):
-    the discriminator step, then the generator step. Returns the losses."""
+    the discriminator step, then the generator step."""
     G, D = nets['G'], nets['D']
     batch_calls = args.norm in ('instance', 'none')
     # discriminator step: real pairs against generated pairs; D sees (input, output)
@@ -264,7 +273,6 @@ def train_step(nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
         loss_D = discriminator_loss(D, real_pair, fake_pair, args.gan_mode, batch_calls)
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
-    average_gradients(opt_D)
     scaler.step(opt_D)
     # generator step, D frozen: fool D (Eq. 1, G's side) and stay close to the truth (Eq. 3)
     D.requires_grad_(False)
@@ -273,17 +281,16 @@ def train_step(nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
         loss_G_L1 = args.lambda_L1 * F.l1_loss(fake_B.float(), real_B)
     opt_G.zero_grad(set_to_none=True)
     scaler.scale(loss_G_GAN + loss_G_L1).backward()
-    average_gradients(opt_G)
     scaler.step(opt_G)
     scaler.update()
     D.requires_grad_(True)
-    return {'G_GAN': loss_G_GAN.detach(), 'G_L1': loss_G_L1.detach(), 'D': loss_D.detach()}
+    losses = {'G_GAN': loss_G_GAN, 'G_L1': loss_G_L1, 'D': loss_D}
+    return {k: v.detach() for k, v in losses.items()}  # on the device: reading them would wait
 
 # -----------------------------------------------------------------------------
-# the training loop: its helpers (setup, checkpoints, data, metrics), then train() itself
+# the training loop's helpers: setup, files and checkpoints, data and evaluation, stops
 
-def check_run(args):
-    """What the networks need of the flags, checked before any work."""
+def check_run(args):  # what the networks need of the flags, checked before any work
     multiple = 2 ** (8 if args.netG == 'unet_256' else 7)  # the U-Net halves the size that often
     if args.crop_size % multiple:
         sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {multiple} for "
@@ -303,56 +310,73 @@ def pick_device(name):
     return torch.device(present[0] if name == 'auto' else name)
 
 def autocast_dtype(name, device):
-    """--dtype auto: bfloat16 where the hardware has it (CUDA 8.0+, AVX-512 BF16, AMX)."""
-    if name != 'auto':
-        return name
-    fast = device.type == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == 'cpu':
-        fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return 'bfloat16' if fast else 'float32'
+    """auto: bfloat16 on CUDA 8.0+ and CPUs with AVX-512 BF16 or AMX, float16 on CUDA 7.x."""
+    capability = 0
+    if device.type == 'cuda':
+        capability = torch.cuda.get_device_capability(device)[0]
+    if name == 'auto' and (capability >= 8 or device.type == 'cpu' and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())):
+        return 'bfloat16'
+    if name == 'auto':
+        return 'float16' if capability == 7 else 'float32'
+    return name
 
-def setup(args):
-    """Device, process group (torchrun: a GPU per process), seed, autocast, gradient scaler."""
+def setup(args):  # device, process group (torchrun: a GPU per process), seeds, precision
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     device = pick_device(args.device)
     if 'RANK' in os.environ and device.type == 'cuda':
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
         torch.cuda.set_device(device)
-    if 'RANK' in os.environ:
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    torch.manual_seed(args.seed)  # the same on every process: identical initial weights
+    if 'RANK' in os.environ:  # (CPU tensors go through gloo; no evaluation or save nears 2 hours)
+        backend = 'cpu:gloo,cuda:nccl' if device.type == 'cuda' else 'gloo'
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+    torch.manual_seed(args.seed + rank)  # its own dropout and pool draws; DDP: rank 0's weights
+    torch.backends.cudnn.benchmark = 'crop' in args.preprocess  # one size: tuned, as official
     dtype = getattr(torch, autocast_dtype(args.dtype, device))
+    if dtype == torch.float16 and device.type != 'cuda':  # (without loss scaling it underflows)
+        sys.exit("error: --dtype float16 is trained with loss scaling, on CUDA only; use bfloat16")
+    if args.compile and device.type == 'mps':
+        sys.exit("error: --compile: torch.compile runs slower than eager on MPS; drop --compile")
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    use_scaler = dtype == torch.float16 and device.type == 'cuda'
-    return rank, world, device, autocast, torch.amp.GradScaler(device.type, enabled=use_scaler)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return rank, world, device, autocast, scaler
 
-def first_line(e):
-    """An exception's message in one line (torch's lists of keys too), even an empty one."""
+def first_line(e):  # an exception's message in one line (torch's lists of keys too)
     return (' '.join(str(e).split()) or type(e).__name__)[:240]
 
-def save_file(obj, path):
-    """torch.save(obj) (bytes as they are) to a temporary file, fsync, rename: a crash at any
-    moment leaves an earlier file whole; a failed write ends in one line."""
-    tmp = path + '.tmp'
+def save_file(obj, path, replace=False):
+    """obj (bytes, a function that writes a file, or what torch.save takes) to a new private file
+    beside path (never through a link), synced, renamed to path: a crash leaves an earlier file
+    whole. An existing path, a dangling link too, is replaced only if asked."""
+    tmp = None
     try:
-        with open(tmp, 'wb') as f:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=f".{os.path.basename(path)}.")
+        with os.fdopen(fd, 'wb') as f:
             if isinstance(obj, bytes):
                 f.write(obj)
+            elif callable(obj):
+                obj(f)
             else:
                 torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)  # (read back at once: mkstemp's file is private, the result is not)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        if os.path.lexists(path) and not replace:
+            sys.exit(f"error: {path} exists; it is not replaced")
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        if os.path.isfile(tmp):
+    except (OSError, RuntimeError) as e:  # (torch.save's writer hides the OSError beneath)
+        reason = e.__context__ if isinstance(e.__context__, OSError) else e
+        sys.exit(f"error: could not write {path} ({first_line(reason)}); nothing was replaced")
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
             os.remove(tmp)
-        sys.exit(f"error: could not write {path} ({first_line(e)}); an earlier file there is "
-                 f"unchanged")
 
-def load_file(path):
-    """torch.load with weights_only=True: a file whose unpickling would run code is refused."""
+def load_file(path):  # weights only: a file whose unpickling would run code is refused
     if not os.path.isfile(path):
-        sys.exit(f"error: {path}: no such checkpoint; give --ckpt FILE")
+        sys.exit(f"error: {path}: no such file; give --ckpt FILE")
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -360,106 +384,142 @@ def load_file(path):
                  f"loaded ({first_line(e)})")
 
 def check_checkpoint(obj, path, script=SCRIPT):
-    """obj, if it is a complete checkpoint of `script`; else one line that says what it is."""
-    if not isinstance(obj, dict) or 'script' not in obj:
-        sys.exit(f"error: {path} is not a {script}.py checkpoint")
+    """obj, if a whole checkpoint of `script` with each field of its type and range (the args as
+    the parser reads them); else one line naming the field."""
+    if not isinstance(obj, dict) or obj.get('script') not in ('cyclegan', 'pixelgan'):
+        sys.exit(f"error: {path} is not a checkpoint of cyclegan.py or pixelgan.py")
     if obj['script'] != script:
         sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py")
     missing = [k for k in STATE if k not in obj]
     if missing:
         sys.exit(f"error: {path}: a {script}.py checkpoint without {', '.join(missing)}")
+    fields = dict(args=isinstance(obj['args'], dict), rng=isinstance(obj['rng'], list),
+                  step=type(obj['step']) is int and obj['step'] >= 0,
+                  best_fid=type(obj['best_fid']) is float and obj['best_fid'] >= 0)
+    damaged = [name for name, ok in fields.items() if not ok]
+    if damaged:
+        sys.exit(f"error: {path}: its {damaged[0]} is damaged (not of its type or range)")
+    known = vars(get_parser().parse_args([]))  # the args, read again as a command line would be
+    flags = {k: v for k, v in obj['args'].items() if k in known and v not in (None, False)}
+    argv = [f"--{k}" if v is True else f"--{k}={v}" for k, v in flags.items()]
+    try:
+        parsed = vars(get_parser().parse_args(argv))
+    except SystemExit as e:
+        sys.exit(f"error: {path}: its args are damaged ({str(e.code).removeprefix('error: ')})")
+    wrong = [k for k, v in flags.items() if parsed[k] != v]  # ('128' where 128 belongs)
+    if wrong:
+        sys.exit(f"error: {path}: its args are damaged (--{wrong[0]} {flags[wrong[0]]!r})")
     return obj
 
-def resume_args(given, path):
-    """The checkpoint's args under the flags given now (FIXED_FLAGS must not change; --max_iters
-    only if given again)."""
+def resume_args(given, path, purpose='resume'):
+    """The checkpoint's args under the flags given now: FIXED_FLAGS must stay, --max_iters is not
+    taken from the checkpoint."""
     ckpt = check_checkpoint(load_file(path), path)
     saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in FIXED_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
-        sys.exit(f"error: cannot resume {path} with other flags: {', '.join(diff)}")
-    args = {**saved, 'max_iters': None, **given}
-    return argparse.Namespace(**args), ckpt
+        sys.exit(f"error: cannot {purpose} {path} with other flags: {', '.join(diff)}")
+    return argparse.Namespace(**{**saved, 'max_iters': None, **given}), ckpt
 
-def save_run(path, args, stateful, step, best_fid):
-    """The checkpoint: all that continuing exactly needs. Non-finite weights never reach it."""
-    if not all(p.isfinite().all() for name in NETWORKS for p in stateful[name].parameters()):
-        sys.exit(f"error: the weights became NaN or infinite at iteration {step}; {path} keeps "
+def finite(nets):  # (one wait for the device)
+    return bool(torch.stack([p.isfinite().all() for net in nets for p in net.parameters()]).all())
+
+def save_run(path, args, checkpointed, step, best_fid, device, replace=True):
+    """The checkpoint: all that resuming exactly needs, every process's random states too. Every
+    process calls it; rank 0 writes it. Non-finite weights never reach it."""
+    state = dict(cpu=torch.get_rng_state())
+    if device.type in ('cuda', 'mps'):
+        state[device.type] = getattr(torch, device.type).get_rng_state()
+    states = [state]
+    if torch.distributed.is_initialized():  # (objects go through gloo, on the CPU)
+        states = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        return
+    if not finite([checkpointed[name] for name in NETWORKS]):
+        sys.exit(f"error: the weights became NaN or infinite by iteration {step}; {path} keeps "
                  f"the last good state: try a lower --lr, or float32")
-    ckpt = dict(script=SCRIPT, args=vars(args), step=step, rng_cpu=torch.get_rng_state(),
-                best_fid=best_fid, **{name: obj.state_dict() for name, obj in stateful.items()})
-    if torch.cuda.is_initialized():
-        ckpt['rng_cuda'] = torch.cuda.get_rng_state()
-    save_file(ckpt, path)
+    ckpt = dict(script=SCRIPT, args=vars(args), step=step, rng=states, best_fid=best_fid,
+                **{name: obj.state_dict() for name, obj in checkpointed.items()})
+    save_file(ckpt, path, replace)
 
-def restore_run(ckpt, stateful, path, device):
-    """Loads what save_run wrote; returns the iteration it was saved at and its lowest FID."""
-    for name, obj in stateful.items():
+def restore_run(ckpt, checkpointed, path, device, rank):  # what save_run wrote: step, best FID
+    for name, obj in checkpointed.items():
         try:
             obj.load_state_dict(ckpt[name])
         except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
             sys.exit(f"error: {path}: its {name} does not load ({first_line(e)}); it is damaged")
-    torch.set_rng_state(ckpt['rng_cpu'])
-    if device.type == 'cuda' and 'rng_cuda' in ckpt:
-        torch.cuda.set_rng_state(ckpt['rng_cuda'])
+    if not finite([checkpointed[name] for name in NETWORKS]):
+        sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
+    try:  # each process its own generators (on more processes than saved: the last one's)
+        state = ckpt['rng'][min(rank, len(ckpt['rng']) - 1)]
+        torch.set_rng_state(state['cpu'])
+        if device.type != 'cpu' and device.type in state:
+            getattr(torch, device.type).set_rng_state(state[device.type])
+    except (RuntimeError, TypeError, KeyError, IndexError) as e:
+        sys.exit(f"error: {path}: its rng does not load ({first_line(e)}); it is damaged")
     return ckpt['step'], ckpt['best_fid']
+
+def open_log(out_dir, resuming):
+    """log.jsonl, opened and locked (POSIX flock) till the process ends, however it ends: one run
+    per out_dir; a new run's must be new (the checkpoint is claimed as the run starts)."""
+    log_path = os.path.join(out_dir, 'log.jsonl')
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        f = open(log_path, 'a', buffering=1)  # a line at a time
+        if os.name == 'posix':  # (Windows has no such lock)
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"error: --out_dir {out_dir}: another run is writing there; give another one")
+    except OSError as e:
+        sys.exit(f"error: --out_dir {out_dir}: cannot write log.jsonl there ({e.strerror})")
+    if not resuming and os.path.getsize(log_path):
+        sys.exit(f"error: {log_path} holds an earlier run's log: continue it with --resume, or "
+                 f"give another --out_dir")
+    return f
+
+def log(f, step, record):  # a line of log.jsonl (tools/to_tensorboard.py: TensorBoard)
+    try:
+        f.write(json.dumps(dict(step=step, **record), allow_nan=False) + '\n')
+    except OSError as e:
+        sys.exit(f"error: {f.name}: cannot write a record ({first_line(e)})")
+    except ValueError:  # a NaN, which JSON has no word for: the weights have diverged
+        sys.exit(f"error: the run diverged by iteration {step}: NaN or infinite values in "
+                 f"{record}; try a lower --lr, or float32")
+
+def make_data(args, rank, world):
+    """The training loader: this process's shard, in an order drawn from (seed, epoch)."""
+    channels = (args.input_nc, args.output_nc)
+    train_set = data.Synthetic(args.crop_size, paired=True, train=True, direction=args.direction,
+                               channels=channels)
+    if args.dataroot is not None:
+        tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
+        train_set = data.PairedFolders(args.dataroot, 'train', tf, args.direction,
+                                       args.max_dataset_size, args.seed, channels)
+    return data.train_loader(train_set, args.batch_size, args.num_threads, args.seed,
+                             not args.serial_batches, rank, world)
 
 def held_out_data(args):
     """The held-out pairs with the evaluation transform: <root>/test, else <root>/val (or A/test,
     A/val), or the built-in task's; None if the dataroot has neither."""
     channels = (args.input_nc, args.output_nc)
-    held = data.Synthetic(args.crop_size, True, False, args.direction, channels)
+    held = data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction,
+                          channels=channels)
     if args.dataroot is not None:
         phases = [phase for phase in ('test', 'val')
                   if any(os.path.isdir(os.path.join(args.dataroot, d, phase)) for d in ('', 'A'))]
-        if args.fid_weights and not phases:
-            sys.exit(f"error: --fid_weights: {args.dataroot} has no test or val split (test/, "
-                     f"val/, A/test or A/val) to compute FID on")
+        if (args.fid or args.fid_weights) and not phases:
+            sys.exit(f"error: --fid: {args.dataroot} has no test or val split (test/, val/, "
+                     f"A/test or A/val) to compute FID on")
         if not phases:
             return None
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
         held = data.PairedFolders(args.dataroot, phases[0], tf, args.direction, channels=channels)
-    if args.fid_weights and len(held) < 2:
-        sys.exit(f"error: --fid_weights: FID needs at least 2 held-out pairs; {args.dataroot} "
-                 f"has {len(held)}")
     return held
 
-def make_data(args, rank, world):
-    """The training loader: this process's shard, in an order drawn from (seed, epoch)."""
-    channels = (args.input_nc, args.output_nc)
-    train_set = data.Synthetic(args.crop_size, True, True, args.direction, channels)
-    if args.dataroot is not None:
-        tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip)
-        train_set = data.PairedFolders(args.dataroot, 'train', tf, args.direction,
-                                       args.max_dataset_size, args.seed, channels)
-    sampler = data.EpochSampler(len(train_set), args.seed, not args.serial_batches, rank, world)
-    return torch.utils.data.DataLoader(
-        train_set, args.batch_size, sampler=sampler, num_workers=args.num_threads,
-        pin_memory=torch.cuda.is_available(), drop_last=True,
-        generator=torch.Generator())  # its own RNG: the global one stays exact on resume
-
-def build_model(args, device):
-    """The two networks by name, initialised as the official code does, and their optimizers. D
-    is conditional: it sees input and output concatenated along channels. channels_last (NHWC)
-    runs the discriminators faster; the U-Net was faster without it."""
-    num_downs = 8 if args.netG == 'unet_256' else 7
-    G = UnetGenerator(args.input_nc, args.output_nc, num_downs, args.ngf, args.norm,
-                      not args.no_dropout)
-    G = init_weights(G, args.init_gain).to(device)
-    in_nc = args.input_nc + args.output_nc
-    if args.netD == 'pixel':
-        D = PixelDiscriminator(in_nc, args.ndf, args.norm)
-    else:
-        n_layers = 3 if args.netD == 'basic' else args.n_layers_D
-        D = NLayerDiscriminator(in_nc, args.ndf, n_layers, args.norm)
-    D = init_weights(D, args.init_gain).to(device, memory_format=torch.channels_last)
-    adam = functools.partial(torch.optim.Adam, lr=args.lr, betas=(args.beta1, 0.999), fused=True)
-    return dict(G=G, D=D), adam(G.parameters()), adam(D.parameters())
-
-
-def psnr(x, y):
-    """Peak signal-to-noise ratio in dB of images in [-1, 1], per image."""
+def psnr(x, y):  # peak signal-to-noise ratio in dB of images in [-1, 1], per image
     return 10 * torch.log10(4 / ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-10))
 
 @contextlib.contextmanager
@@ -477,57 +537,34 @@ def test_mode(G, train_mode):
     G.train(was_training)
 
 @torch.no_grad()
-def evaluate(G, held, device, train_mode=False, features=None):
+def evaluate(G, held, device, train_mode=False, features=None, reals=None):
     """Mean L1 and PSNR of G(A) against the true B, next to the untranslated input's; FID and KID
-    with features (tools/fid.py)."""
-    sums, n = {}, 0
-    reals, fakes = [], []  # features, for FID and KID
-    with test_mode(G, train_mode) as G_test:  # (the loaders draw their seeds from the RNG)
-        for batch in torch.utils.data.DataLoader(held, 16):
+    against the real targets' features (reals). Each process translates its share."""
+    rows, fakes = [], []
+    with test_mode(G, train_mode) as G_test:
+        for batch in data.share_loader(held):
             A, B = batch['A'].to(device), batch['B'].to(device)
             fake_B = G_test(A).float()
-            scores = dict(l1=(fake_B - B).abs().flatten(1).mean(1), psnr=psnr(fake_B, B))
+            scores = [(fake_B - B).abs().flatten(1).mean(1), psnr(fake_B, B)]
             if A.shape == B.shape:  # the input's own scores need the same channels
-                scores.update(l1_input=(A - B).abs().flatten(1).mean(1), psnr_input=psnr(A, B))
-            for name, v in scores.items():
-                sums[name] = sums.get(name, 0) + v.sum().item()
-            n += len(A)
+                scores += [(A - B).abs().flatten(1).mean(1), psnr(A, B)]
+            rows.append(torch.stack(scores, 1))
             if features is not None:
-                reals.append(features(B))
                 fakes.append(features(fake_B))
-    scores = {k: v / n for k, v in sums.items()}
+    means = data.gather(torch.cat(rows), len(held)).mean(0).tolist()
+    scores = dict(zip(['l1', 'psnr', 'l1_input', 'psnr_input'], means))
     if features is not None:
-        scores.update(features.distances(torch.cat(reals), torch.cat(fakes)))
+        scores.update(features.distances(reals, data.gather(torch.cat(fakes), len(held))))
     return scores
 
 @torch.no_grad()
-def save_samples(G, A, B, path, train_mode=False):
-    """One row per sample: input | output | target."""
+def save_samples(G, A, B, path, train_mode=False):  # one row per sample: input, output, target
     with test_mode(G, train_mode) as G_test:
         rows = [A, G_test(A), B]
     grid = torch.stack([r[i].float().expand(3, -1, -1) for i in range(len(A)) for r in rows])
-    torchvision.utils.save_image(grid * 0.5 + 0.5, path, nrow=3)  # gray: as RGB
-
-def open_log(out_dir):
-    """out_dir/log.jsonl to append to, locked (POSIX) till the process ends: one run per out_dir."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        f = open(os.path.join(out_dir, 'log.jsonl'), 'a', buffering=1)  # a line at a time
-        if os.name == 'posix':  # (Windows has no such lock)
-            import fcntl
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(f"error: --out_dir {out_dir}: another run is writing there; give another one")
-    except OSError as e:
-        sys.exit(f"error: --out_dir {out_dir}: cannot write log.jsonl there ({e.strerror})")
-    return f
-
-def log(f, step, record):
-    """Appends the record to log.jsonl (tools/to_tensorboard.py shows it in TensorBoard)."""
-    try:
-        f.write(json.dumps(dict(step=step, **record)) + '\n')
-    except OSError as e:
-        sys.exit(f"error: cannot write {f.name} ({e.strerror})")
+    png = io.BytesIO()
+    torchvision.utils.save_image(grid * 0.5 + 0.5, png, format='png', nrow=3)  # gray: as RGB
+    save_file(png.getvalue(), path, replace=True)  # (a resumed run draws that iteration's again)
 
 STOP_REQUESTS = []  # Ctrl-C and SIGTERM as they come: the loop finishes its iteration, saves, exits
 
@@ -536,69 +573,80 @@ def request_stop(signum, frame):
     if hasattr(signal, 'SIGCHLD'):  # loader workers get SIGTERM too (timeout, Slurm, systemd send
         signal.signal(signal.SIGCHLD, request_stop)  # it to all): their end is part of the stop
 
-def start_epoch(loader, step, iters, batch_size):
-    """The batches of the epoch that iteration `step` falls in, from that one on (iters: per
-    epoch), drawn from (seed, epoch) by sampler and dataset: a resumed run sees the same images."""
-    loader.sampler.epoch = step // iters
-    loader.dataset.epoch = step // iters
-    loader.sampler.start = step % iters * batch_size
-    return iter(loader)
+def next_batch(batches):
+    """The next batch (None at the epoch's end), and whether every process stops now: after a
+    Ctrl-C or SIGTERM on any of them, agreed in an all-reduce of a CPU tensor (no device wait)."""
+    batch = None
+    try:
+        batch = next(batches, None)
+    except Exception:  # the loader's workers ended (with the signal: it shows in several ways)
+        if not STOP_REQUESTS:
+            raise
+    stop = torch.tensor([len(STOP_REQUESTS)])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stop, torch.distributed.ReduceOp.MAX)
+    return batch, bool(stop)
 
-def any_process(flags, device):
-    """Each flag, true everywhere if true on any process: all stop at the same iteration."""
-    if not torch.distributed.is_initialized():
-        return flags
-    t = torch.tensor(flags, dtype=torch.float32, device=device)
-    torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+def read_losses(loss):  # as numbers, the mean over the processes: one transfer from the device
+    values = torch.stack(list(loss.values()))
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(values)
+        values /= torch.distributed.get_world_size()
+    return dict(zip(loss, values.tolist()))
 
-def due(step, freq, total):
-    """Every freq iterations, and at the last one."""
+def due(step, freq, total):  # every freq iterations, and at the last one
     return step % freq == 0 or step == total
 
-def train(args, given):
-    """Trains pix2pix / PixelGAN as args say; returns the two networks by name."""
-    # setup: the run to continue (a new run replaces no earlier one), device, precision
+def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the two networks
+    # setup: the run to continue, what it will write (checked now), device, precision
     ckpt_path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
     best_path = os.path.join(os.path.dirname(ckpt_path), 'best.pt')  # the lowest FID's
     ckpt = None
     if args.resume:
         args, ckpt = resume_args(given, ckpt_path)
-    for path in [ckpt_path, best_path]:
-        if ckpt is None and os.path.exists(path):
-            sys.exit(f"error: {path} exists; continue that run with --resume, or give another "
-                     f"--out_dir (or --ckpt) to start a new one")
     check_run(args)
     rank, world, device, autocast, scaler = setup(args)
-    master = rank == 0  # only rank 0 prints, evaluates and writes
-    features = None  # with --fid_weights, what FID and KID compare: every process loads it, so
-    if args.fid_weights:  # that a bad file stops them all; rank 0 uses it
-        from tools.fid import FeatureNetwork
-        features = FeatureNetwork(args.fid_weights, device)
+    master = rank == 0  # only rank 0 prints and writes
+    if master:
+        log_file = open_log(args.out_dir, resuming=ckpt is not None)
+    features = None  # FID and KID: every process loads the network (a bad file stops them all)
+    if args.fid or args.fid_weights:
+        from tools import fid
+        features = fid.FeatureNetwork(args.fid_weights or fid.default_weights(), device)
     # data (the datasets apply --direction), networks, optimizers
     loader = make_data(args, rank, world)
     held = held_out_data(args)
-    evaluating = held is not None  # a test or val split, or the built-in task's
-    shown = loader.dataset if held is None else held  # four pairs shown in the samples
-    fixed = next(iter(torch.utils.data.DataLoader(shown, 4)))
+    reals = None  # the real held-out targets' features, once per run
+    if features is not None:
+        reals = features.of_dataset(held, 'B')
+    sample_pairs = loader.dataset if held is None else held  # four shown in the samples
+    fixed = next(iter(torch.utils.data.DataLoader(sample_pairs, 4)))
     nets, opt_G, opt_D = build_model(args, device)
-    stateful = dict(**nets, opt_G=opt_G, opt_D=opt_D)
-    # resume: the state, and the position in the schedule
+    checkpointed = dict(**nets, opt_G=opt_G, opt_D=opt_D)
+    # resume the state; a new run claims its checkpoint now, so that a --ckpt folder that cannot
+    # be written, or a checkpoint another run has just claimed, fails here and not at the end
     step, best_fid = 0, math.inf
     if ckpt is not None:
-        step, best_fid = restore_run(ckpt, stateful, ckpt_path, device)
-    if master:  # the run's flags open its log: an out_dir in use or not writable fails here
-        log_file = open_log(args.out_dir)
+        step, best_fid = restore_run(ckpt, checkpointed, ckpt_path, device, rank)
+    elif os.path.lexists(ckpt_path) or os.path.lexists(best_path):
+        sys.exit(f"error: {ckpt_path} (or best.pt beside it) exists: continue that run with "
+                 f"--resume, or give another --out_dir (or --ckpt)")
+    else:
+        save_run(ckpt_path, args, checkpointed, step, best_fid, device, replace=False)
+    # the networks as the step runs them: under torchrun in DDP, which averages the gradients
+    # while the backward runs (and gives every process rank 0's weights); with --compile compiled
+    train_nets = dict(nets)
+    if torch.distributed.is_initialized():
+        train_nets = {k: nn.parallel.DistributedDataParallel(v) for k, v in nets.items()}
+    if args.compile:
+        train_nets = {k: torch.compile(v) for k, v in train_nets.items()}
+    if master:  # the run's flags open its log
         log(log_file, step, dict(args=vars(args)))
         sizes = ', '.join(f"{k} {sum(p.numel() for p in v.parameters())}" for k, v in nets.items())
-        task = args.dataroot or 'the built-in synthetic task'
-        print(f"training on {task} from iteration {step}; parameters: {sizes}")
-    step_nets = {k: torch.compile(v) if args.compile else v for k, v in nets.items()}
+        print(f"training on {args.dataroot or 'the built-in synthetic task'} from iteration "
+              f"{step}; parameters: {sizes}")
     # the schedule: n_epochs + n_epochs_decay epochs, or --max_iters iterations
-    if len(loader) == 0:  # per process: each process reads its own shard
-        sys.exit(f"error: {len(loader.dataset)} training images make no batch of --batch_size "
-                 f"{args.batch_size} on {world} process(es)")
-    iters = len(loader)  # per epoch
+    iters = len(loader)  # per epoch, per process
     total = (args.n_epochs + args.n_epochs_decay) * iters
     if args.max_iters is not None:
         total = min(total, args.max_iters)
@@ -606,7 +654,8 @@ def train(args, given):
     STOP_REQUESTS.clear()
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    batches = start_epoch(loader, step, iters, args.batch_size)
+    batches = data.start_epoch(loader, step, iters)
+    start, saved = step, step  # the iteration the checkpoint holds
     t0 = time.time()
     t_last, step_last = t0, step
     stopping = False
@@ -616,79 +665,78 @@ def train(args, given):
         lr = args.lr * lr_factor(epoch, args.n_epochs, args.n_epochs_decay)
         for group in opt_G.param_groups + opt_D.param_groups:
             group['lr'] = lr
-        # data: the next batch, or the next epoch's first (a file that breaks: DataError)
-        try:
-            batch = next(batches, None)
-        except RuntimeError:  # its workers gone: stopped with this process, or crashed
-            if not STOP_REQUESTS:
-                raise
-            stopping = True
+        # data: the next batch, or the next epoch's first; all processes stop together
+        batch, stopping = next_batch(batches)
+        if stopping:
             break
         if batch is None:
-            batches = start_epoch(loader, step, iters, args.batch_size)
+            batches = data.start_epoch(loader, step, iters)
             continue
-        # the training step
-        real_A = batch['A'].to(device, non_blocking=True)
-        real_B = batch['B'].to(device, non_blocking=True)
-        loss = train_step(step_nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
+        # the training step (it leaves the losses on the device: reading them would wait for it)
+        real_A = batch['A'].to(device, non_blocking=device.type == 'cuda')
+        real_B = batch['B'].to(device, non_blocking=device.type == 'cuda')
+        loss = train_step(train_nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler)
         step += 1
         if t_last == t0 and not due(step, args.print_freq, total):  # the first iteration warms up
             t_last, step_last = time.time(), step  # (allocations, compiling): timed from here
-        losses = {k: v.item() for k, v in loss.items()}
-        # stop checks, alike on every process: a NaN loss ends the run unsaved, Ctrl-C after a save
-        diverging = not all(math.isfinite(v) for v in losses.values())
-        diverging, stopping = any_process([diverging, bool(STOP_REQUESTS)], device)
-        if diverging:
-            sys.exit(f"error: the loss became NaN or infinite at iteration {step} ({losses}); "
-                     f"{ckpt_path} keeps the last good state: try a lower --lr, or float32")
-        # log: losses, speed, time to go
+        # progress: the losses read (their mean over the processes), speed, time to go. A NaN
+        # stops the run here, unsaved; save_run never writes non-finite weights either
+        if due(step, args.print_freq, total):
+            losses = read_losses(loss)
+            if not all(math.isfinite(v) for v in losses.values()):
+                sys.exit(f"error: the loss became NaN or infinite by iteration {step} ({losses}); "
+                         f"{ckpt_path} keeps the last good state: try a lower --lr, or float32")
         if master and due(step, args.print_freq, total):
             seconds, steps = time.time() - t_last, step - step_last
             ips = steps * args.batch_size * world / seconds
             eta = (total - step) * seconds / steps / 60
-            shown = ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
-            print(f"epoch {epoch + 1} iter {step}/{total} | {shown} | {ips:.1f} img/s | ETA "
+            numbers = ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
+            print(f"epoch {epoch + 1} iter {step}/{total} | {numbers} | {ips:.1f} img/s | ETA "
                   f"{eta:.1f} min")
             log(log_file, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
             t_last, step_last = time.time(), step
         # samples: the translations of the fixed held-out images
         if master and due(step, args.display_freq, total):
             path = os.path.join(args.out_dir, f"samples_{step:07d}.png")
-            A, B = fixed['A'].to(device), fixed['B'].to(device)
-            save_samples(nets['G'], A, B, path, args.test_train_mode)
-        # evaluation against the held-out ground truth; FID and KID with --fid_weights
+            save_samples(nets['G'], fixed['A'].to(device), fixed['B'].to(device), path,
+                         args.test_train_mode)
+        # evaluation against the held-out truth, and FID: each process its share
         scores = {}
-        if master and evaluating and due(step, args.eval_freq, total):
-            scores = evaluate(nets['G'], held, device, args.test_train_mode, features)
-            shown = ' '.join(f"{k} {v:.3f}" for k, v in scores.items())
-            print(f"eval at iter {step}: {shown}")
+        if held is not None and due(step, args.eval_freq, total):
+            scores = evaluate(nets['G'], held, device, args.test_train_mode, features, reals)
+        if master and scores:
+            print(f"eval at iter {step}: {' '.join(f'{k} {v:.3f}' for k, v in scores.items())}")
             log(log_file, step, scores)
-        # save: best.pt at a new lowest FID; ckpt.pt when due, or stopped
+        # save: best.pt at a new lowest FID; ckpt.pt when due
         if scores.get('fid', math.inf) < best_fid:
             best_fid = scores['fid']
-            save_run(best_path, args, stateful, step, best_fid)
-        if master and due(step, args.save_latest_freq, total):
-            save_run(ckpt_path, args, stateful, step, best_fid)
+            save_run(best_path, args, checkpointed, step, best_fid, device)
+        if due(step, args.save_latest_freq, total):
+            save_run(ckpt_path, args, checkpointed, step, best_fid, device)
+            saved = step
 
+    if stopping and saved != step:
+        save_run(ckpt_path, args, checkpointed, step, best_fid, device)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if master and stopping:
-        if not due(step, args.save_latest_freq, total):  # (else the loop has just saved)
-            save_run(ckpt_path, args, stateful, step, best_fid)
         print(f"interrupted: saved {ckpt_path} at iteration {step}; continue with: "
-              f"python {SCRIPT}.py --resume --ckpt {ckpt_path}")
+              f"python {SCRIPT}.py --resume --ckpt {shlex.quote(ckpt_path)}")
     if stopping:
         sys.exit(130)
     if master:
-        print(f"done: {step} iterations in {(time.time() - t0) / 60:.1f} min")
+        print(f"done: iterations {start} to {step} of {total} in {(time.time() - t0) / 60:.1f} "
+              f"min; {ckpt_path} holds iteration {step}")
     return nets
 
 def main(argv=None):
     try:
         train(*parse_args(argv))
     except data.DataError as e:  # from a loader worker: with the worker's traceback before it
-        message = str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')
-        sys.exit(f"error: {message}")
+        sys.exit(f"error: {str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')}")
+    except KeyboardInterrupt:  # at start-up, before the loop's handler: nothing was trained
+        print("interrupted before training; nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 if __name__ == '__main__':
     sys.stdout.reconfigure(line_buffering=True)  # progress shows at once, also in a log file

@@ -1,22 +1,26 @@
 """A generator for use without this code, or a checkpoint as the official files.
 
+    python tools/export.py --ckpt out/cyclegan/ckpt.pt --out G.safetensors  # weights only
     python tools/export.py --ckpt out/cyclegan/ckpt.pt --out G.pt2    # torch.export
     python tools/export.py --ckpt out/pixelgan/ckpt.pt --out G.onnx   # needs onnx, onnxscript
-    python tools/export.py --ckpt out/cyclegan/ckpt.pt --out official/  # latest_net_*.pth
+    python tools/export.py --ckpt out/cyclegan/ckpt.pt --out official  # latest_net_*.pth
 
---ckpt is either script's checkpoint, or for .pt2 and .onnx an official generator .pth too. The
-generator is exported in eval mode, in float32, with batch, height and width free: any multiples
-of what it needs, from 8 pixels (ResNet) or one multiple (U-Net) up. A .pt2 refuses other sizes
-(AssertionError: Guard failed: x.size()[2] % 4 == 0); an .onnx model cannot check them, and
-onnxruntime fails inside it with a shape error: pad or resize the image first. An existing file
-is never replaced, and a file is written whole or not at all.
+--ckpt is either script's checkpoint, or for the generator formats an official generator .pth or
+a .safetensors too. A .safetensors file (pip install safetensors) holds the generator's weights,
+and in its metadata what rebuilds it (architecture, depth, width, norm, channels, dropout): no code
+runs when it loads, and tools/translate.py, evaluate.py and export.py read it. The .pt2 and .onnx
+programs hold the generator in eval mode, in float32, with batch, height and width free: any
+multiples of what it needs, from 8 pixels (ResNet) or one multiple (U-Net) up. A .pt2 refuses
+other sizes (AssertionError: Guard failed: x.size()[2] % 4 == 0); an .onnx model cannot check
+them, and onnxruntime fails inside it with a shape error: pad or resize the image first. An
+existing file is never replaced, and a file is written whole or not at all.
 """
 import argparse, io, os, sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts
 import torch
 import torch.fx.experimental._config
 import torch.nn as nn
-import cyclegan, pixelgan
+import cyclegan
 from tools import translate
 
 def check_new(path):
@@ -50,6 +54,8 @@ def check_weights(script, ckpt, path):
         except (TypeError, AttributeError, RuntimeError) as e:  # not weights, or not these
             reason = ' '.join(str(e).split())[:300]  # torch's message, in one line
             sys.exit(f"error: {path}: {name} does not load ({reason}); the checkpoint is damaged")
+    if not cyclegan.finite(nets.values()):
+        sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
 
 def export_official(script, ckpt, path, folder):
     """Each network of the checkpoint as a bare state_dict in latest_net_<name>.pth, as the
@@ -82,6 +88,13 @@ class SizeChecked(nn.Module):
         torch._check(x.shape[3] % self.multiple == 0)
         return self.G(x)
 
+def export_safetensors(G, out):
+    """G's weights as a .safetensors file, what rebuilds it in the metadata (translate.build_of)."""
+    from safetensors.torch import save
+    weights = {k: v.contiguous() for k, v in G.state_dict().items()}
+    cyclegan.save_file(save(weights, translate.build_of(G)), out)
+    print(f"wrote {out}: the weights of a generator ({translate.build_of(G)})")
+
 def export_generator(G, multiple, out):
     """G as out (.pt2 or .onnx), its batch, height and width free."""
     G = G.eval().float().cpu()
@@ -96,7 +109,7 @@ def export_generator(G, multiple, out):
     # the U-Net's innermost level is 1x1 at the smallest size: without size-oblivious reasoning
     # torch.export would keep that size out of the range
     with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-        if out.endswith('.pt2'):
+        if out.lower().endswith('.pt2'):
             program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
             buffer = io.BytesIO()  # in memory first: torch's writer aborts on a full disk
             torch.export.save(program, buffer)
@@ -111,32 +124,46 @@ def export_generator(G, multiple, out):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--ckpt', required=True, help="a checkpoint of either script, or an official "
-                   "generator .pth (for .pt2 and .onnx)")
-    p.add_argument('--out', required=True, help='G.pt2, G.onnx, or a folder for the official files')
+    p.add_argument('--ckpt', required=True, help="a checkpoint of either script, or a generator "
+                   "file (an official .pth, a .safetensors) for the generator formats")
+    p.add_argument('--out', required=True,
+                   help='G.safetensors, G.pt2, G.onnx, or a folder for the official files')
     p.add_argument('--direction', default=None, choices=['AtoB', 'BtoA'],
                    help="cyclegan: which generator (default: the direction trained, G_A)")
     args = p.parse_args(argv)
-    obj = cyclegan.load_file(args.ckpt)  # weights only
-    name = 'pixelgan'  # (an official file: pixelgan.py reads both U-Net and ResNet generators)
-    if isinstance(obj, dict) and obj.get('script') == 'cyclegan':
-        name = 'cyclegan'
-    script = {'cyclegan': cyclegan, 'pixelgan': pixelgan}[name]
-    ours = isinstance(obj, dict) and 'script' in obj
-    kind = os.path.splitext(args.out)[1]
-    if ours or kind not in ('.pt2', '.onnx'):  # our checkpoint, complete, or one line
-        script.check_checkpoint(obj, args.ckpt, name)
-    if kind not in ('.pt2', '.onnx'):
-        export_official(script, obj, args.ckpt, args.out)
+    kind = os.path.splitext(args.out)[1].lower()
+    if kind not in ('', '.safetensors', '.pt2', '.onnx') or not args.out.strip():
+        sys.exit(f"error: --out {args.out!r}: give G.safetensors, G.pt2, G.onnx, or a folder "
+                 f"(no extension) for the official latest_net_*.pth files")
+    obj = None  # (a .safetensors generator: translate.load_generator reads it)
+    if not args.ckpt.lower().endswith('.safetensors'):
+        obj = cyclegan.load_file(args.ckpt)  # weights only
+    script = translate.ours(obj)
+    if kind == '' and script is None:
+        sys.exit(f"error: {args.ckpt} holds a generator, not a checkpoint of cyclegan.py or "
+                 f"pixelgan.py: the official files come from a checkpoint")
+    if kind == '':
+        export_official(script, script.check_checkpoint(obj, args.ckpt, script.SCRIPT),
+                        args.ckpt, args.out)
         return
     check_new(args.out)  # before the export's minutes: a bad --out is one line now
-    if kind == '.onnx':
-        try:
-            import onnx, onnxscript  # noqa: F401 (torch.onnx needs both)
-        except ImportError:
-            sys.exit("error: an .onnx export needs the onnx packages: pip install onnx onnxscript")
+    try:  # (the packages each format needs)
+        if kind == '.onnx':
+            import onnx, onnxscript  # noqa: F401
+        if kind == '.safetensors':
+            import safetensors  # noqa: F401
+    except ImportError:
+        sys.exit(f"error: a {kind} export needs its package: pip install "
+                 f"{'onnx onnxscript' if kind == '.onnx' else 'safetensors'}")
     G, multiple = translate.load_generator(args.ckpt, args.direction, obj)
-    export_generator(G, multiple, args.out)
+    if kind == '.safetensors':
+        export_safetensors(G.eval(), args.out)
+    else:
+        export_generator(G, multiple, args.out)
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
