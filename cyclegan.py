@@ -1,13 +1,9 @@
-"""CycleGAN in one file: unpaired image-to-image translation (Zhu et al., ICCV 2017). Generators
-G_A: A -> B and G_B: B -> A; D_A tells real B images from G_A's fakes, D_B real A images from
-G_B's (the paper's G, F, D_Y, D_X).
+"""CycleGAN in one file: unpaired image-to-image translation (Zhu et al., ICCV 2017). G_A: A -> B
+and G_B: B -> A (the paper's G, F); D_A tells real B from G_A's fakes, D_B real A from G_B's.
 
     python cyclegan.py                                  # built-in synthetic task, minutes on a CPU
     python cyclegan.py --dataroot datasets/horse2zebra  # the paper's recipe
-    python cyclegan.py --resume                         # continue out/cyclegan/ckpt.pt
     torchrun --standalone --nproc_per_node=8 cyclegan.py --dataroot ...
-
-Read top to bottom: config, networks, losses and the training step, the loop; side jobs: tools/.
 """
 import argparse, contextlib, datetime, functools, io, json, math, os, shlex, signal, sys
 import tempfile, time
@@ -87,13 +83,11 @@ def get_parser():
     a('--compile', action='store_true', help='new: torch.compile the networks')
     return p
 
-# Without --dataroot: the built-in task, in minutes on 2 CPU cores; flags typed override this.
 SYNTHETIC_PRESET = dict(netG='resnet_6blocks', ngf=16, ndf=16, crop_size=48, load_size=48,
                         batch_size=2, lr=0.0008, num_threads=0, n_epochs=1, n_epochs_decay=1,
                         print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'cyclegan'
 NETWORKS = ['G_A', 'G_B', 'D_A', 'D_B']  # their names in the checkpoint and the official files
-STATE = ['args', 'step', 'rng', 'best_fid', *NETWORKS, 'opt_G', 'opt_D', 'pool_A', 'pool_B']
 # flags a resumed run keeps: the networks, the batch size its position counts in, the direction
 FIXED_FLAGS = ['netG', 'ngf', 'ndf', 'norm', 'input_nc', 'output_nc', 'batch_size', 'direction']
 MIN_SIDE = 24  # the smallest image the 70x70 PatchGAN takes (three halvings, two 4x4 convolutions)
@@ -135,20 +129,17 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 class ResnetGenerator(nn.Module):
-    """CycleGAN's generator: c7s1-64, d128, d256, n_blocks x R256, u128, u64, c7s1-3 (the
-    paper's appendix), tanh output. Output size = input size, for sides that are multiples of 4."""
+    """c7s1-64, d128, d256, n_blocks x R256, u128, u64, c7s1-3, tanh (the paper's appendix)."""
     def __init__(self, in_nc=3, out_nc=3, ngf=64, norm='instance', n_blocks=9, dropout=False):
         super().__init__()
         bias = norm == 'instance'  # as the official code: a bias only before instance norm
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), norm_layer(norm, ngf),
                   nn.ReLU(inplace=True)]
-        for i in range(2):  # downsample
-            c = ngf * 2 ** i
+        for c in (ngf, 2 * ngf):  # downsample
             layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm_layer(norm, 2 * c),
                        nn.ReLU(inplace=True)]
         layers += [ResnetBlock(ngf * 4, norm, bias=bias, dropout=dropout) for _ in range(n_blocks)]
-        for i in range(2):  # upsample
-            c = ngf * 4 // 2 ** i
+        for c in (4 * ngf, 2 * ngf):  # upsample
             layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias),
                        norm_layer(norm, c // 2), nn.ReLU(inplace=True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_nc, 7), nn.Tanh()]
@@ -189,8 +180,7 @@ def init_weights(net, gain=0.02):
     return net
 
 def build_model(args, device):
-    """The four networks by name, initialised as the official code does, and two optimizers. The
-    discriminators, 70x70 PatchGANs, are unconditional: D_A sees an image of domain B, D_B of A."""
+    """The four networks (D_A judges images of domain B, D_B of A), initialised, and two Adams."""
     n_blocks = 9 if args.netG == 'resnet_9blocks' else 6
     G = functools.partial(ResnetGenerator, ngf=args.ngf, norm=args.norm, n_blocks=n_blocks)
     D = functools.partial(NLayerDiscriminator, ndf=args.ndf, n_layers=3, norm=args.norm)
@@ -198,8 +188,7 @@ def build_model(args, device):
     nc_A, nc_B = args.input_nc, args.output_nc  # the channels of each domain's images
     nets = dict(G_A=init(G(nc_A, nc_B)), G_B=init(G(nc_B, nc_A)), D_A=init(D(nc_B)),
                 D_B=init(D(nc_A)))
-    for net in nets.values():
-        net.to(device)
+    nets = {name: net.to(device) for name, net in nets.items()}
     adam = functools.partial(torch.optim.Adam, lr=args.lr, betas=(args.beta1, 0.999), fused=True)
     opt_G = adam([*nets['G_A'].parameters(), *nets['G_B'].parameters()])
     opt_D = adam([*nets['D_A'].parameters(), *nets['D_B'].parameters()])
@@ -216,20 +205,20 @@ def gan_loss(pred, target_is_real, gan_mode):
         return F.mse_loss(pred, target)
     return F.binary_cross_entropy_with_logits(pred, target)
 
-def discriminator_loss(D, real, fake, gan_mode, batch_calls):
+def discriminator_loss(D, real, fake, args):
     """D's side of Eq. 1, halved as in the official code (it slows D down relative to G)."""
-    if batch_calls and real.shape == fake.shape:
+    if args.norm != 'batch' and real.shape == fake.shape:  # per-sample norms: one call, exact
         pred_real, pred_fake = D(torch.cat([real, fake])).chunk(2)
     else:
         pred_real, pred_fake = D(real), D(fake)
-    return 0.5 * (gan_loss(pred_real, True, gan_mode) + gan_loss(pred_fake, False, gan_mode))
+    return 0.5 * (gan_loss(pred_real, True, args.gan_mode) +
+                  gan_loss(pred_fake, False, args.gan_mode))
 
 class ImagePool:
-    """The replay buffer (section 4): D learns from a history of fakes. Once full, each image is
-    swapped, with probability 1/2, for a stored older one, which it replaces; copies are kept."""
+    """The replay buffer (section 4): D learns from a history of fakes, half of them older ones."""
     def __init__(self, size, channels=3, side=None, device='cpu'):
         self.size = size
-        self.shape = (channels, side, side)
+        self.shape = (channels, side, side)  # side None: images of any size
         self.device = device
         self.images = []
 
@@ -247,76 +236,55 @@ class ImagePool:
     def state_dict(self):
         return [x.cpu() for x in self.images]
 
-    def load_state_dict(self, images):
-        ok = isinstance(images, list) and len(images) <= self.size and all(
-            isinstance(x, torch.Tensor) and x.is_floating_point() and bool(x.isfinite().all())
-            and (self.shape[1] is None or x.shape == self.shape) for x in images)
-        if not ok:
-            raise ValueError(f"not at most {self.size} finite images of shape {self.shape}: "
-                             f"resume with the --crop_size and --pool_size it had")
+    def load_state_dict(self, images):  # a checkpoint's: the same crop (if fixed) and pool size
+        if len(images) > self.size or any(self.shape[1] and x.shape != self.shape for x in images):
+            raise ValueError("resume with the --crop_size and --pool_size it had")
         self.images = [x.to(self.device) for x in images]
 
 def lr_factor(epoch, n_epochs, n_epochs_decay):
     """The learning rate's multiplier after `epoch` epochs: 1, then a linear decay (official)."""
     return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1))
 
-def run_cycle(there, back, real, other, batch_calls):
-    """One cycle (Fig. 3): there(real), back(there(real)), the identity image there(other)."""
-    if other is None:
-        fake, idt = there(real), None
-    elif batch_calls and real.shape == other.shape:  # per-sample norms: one call, exactly
-        fake, idt = there(torch.cat([real, other])).chunk(2)
+def cycle_losses(there, back, D, real, other, lambda_cycle, lambda_idt, args):
+    """One cycle (Fig. 3): there(real) fools D (Eq. 1), back returns it (Eq. 2); identity (5.2)."""
+    identity = args.lambda_identity > 0  # (keeps colours; weighted as the official code does)
+    if identity and args.norm != 'batch' and real.shape == other.shape:  # per-sample norms: exact
+        fake, idt = there(torch.cat([real, other])).chunk(2)  # (one call: faster)
     else:
-        fake, idt = there(real), there(other)
-    return fake, back(fake), idt
-
-def no_sync(*nets):
-    """Under torchrun, DDP's no_sync(): a backward inside adds up; the next one averages the sum."""
-    stack = contextlib.ExitStack()
-    for net in nets:
-        net = getattr(net, '_orig_mod', net)  # (compiled)
-        if isinstance(net, nn.parallel.DistributedDataParallel):
-            stack.enter_context(net.no_sync())
-    return stack
+        fake = there(real)
+        idt = there(other) if identity else None
+    loss_cycle = lambda_cycle * F.l1_loss(back(fake).float(), real)
+    loss_G = gan_loss(D(fake), True, args.gan_mode)
+    loss_idt = torch.zeros((), device=real.device)
+    if identity:
+        loss_idt = args.lambda_identity * lambda_idt * F.l1_loss(idt.float(), other)
+    return fake, loss_G, loss_cycle, loss_idt
 
 def train_step(nets, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocast, scaler):
     """One iteration of the full objective (Eq. 3): a generator step, then a discriminator step."""
     G_A, G_B, D_A, D_B = nets['G_A'], nets['G_B'], nets['D_A'], nets['D_B']
-    batch_calls = args.norm in ('instance', 'none')
-    # the identity loss (section 5.2): G_A(b) should leave b of domain B as it is (keeps colours)
-    identity = args.lambda_identity > 0
-    zero = torch.zeros((), device=real_A.device)
-    # generator step, D frozen. The objective sums the two cycles, so each gets its own backward:
-    # the same gradients, one cycle's activations in memory (measured: 23% less peak at 256 px).
-    # Under torchrun the first backward only adds up; the second averages, overlapped with it.
-    D_A.requires_grad_(False)
-    D_B.requires_grad_(False)
+    # generator step, D frozen: a backward per cycle (23% less peak memory at 256 px than one)
+    nn.ModuleList([D_A, D_B]).requires_grad_(False)
     opt_G.zero_grad(set_to_none=True)
-    with no_sync(G_A, G_B):
-        with autocast:  # the forward cycle A -> B -> A; idt_A = G_A(B)
-            fake_B, rec_A, idt_A = run_cycle(G_A, G_B, real_A, real_B if identity else None,
-                                             batch_calls)
-            loss_G_A = gan_loss(D_A(fake_B), True, args.gan_mode)  # Eq. 1: G_A fools D_A
-            loss_cycle_A = args.lambda_A * F.l1_loss(rec_A.float(), real_A)  # Eq. 2
-            l1_idt_A = F.l1_loss(idt_A.float(), real_B) if identity else zero
-            loss_idt_A = args.lambda_identity * args.lambda_B * l1_idt_A
+    with contextlib.ExitStack() as adding_up:
+        for G in (G_A, G_B):  # DDP's under torchrun (compiled or not): this backward only adds up
+            if hasattr(G, 'no_sync'):
+                adding_up.enter_context(G.no_sync())
+        with autocast:  # the forward cycle A -> B -> A, and G_A(B)
+            fake_B, loss_G_A, loss_cycle_A, loss_idt_A = cycle_losses(
+                G_A, G_B, D_A, real_A, real_B, args.lambda_A, args.lambda_B, args)
         scaler.scale(loss_G_A + loss_cycle_A + loss_idt_A).backward()
-    with autocast:  # the backward cycle B -> A -> B; idt_B = G_B(A)
-        fake_A, rec_B, idt_B = run_cycle(G_B, G_A, real_B, real_A if identity else None,
-                                         batch_calls)
-        loss_G_B = gan_loss(D_B(fake_A), True, args.gan_mode)  # Eq. 1: G_B fools D_B
-        loss_cycle_B = args.lambda_B * F.l1_loss(rec_B.float(), real_B)  # Eq. 2
-        l1_idt_B = F.l1_loss(idt_B.float(), real_A) if identity else zero
-        loss_idt_B = args.lambda_identity * args.lambda_A * l1_idt_B
+    with autocast:  # the backward cycle B -> A -> B, and G_B(A)
+        fake_A, loss_G_B, loss_cycle_B, loss_idt_B = cycle_losses(
+            G_B, G_A, D_B, real_B, real_A, args.lambda_B, args.lambda_A, args)
     scaler.scale(loss_G_B + loss_cycle_B + loss_idt_B).backward()
     scaler.step(opt_G)
     # discriminator step, on a history of generated images rather than only the latest ones
-    D_A.requires_grad_(True)
-    D_B.requires_grad_(True)
+    nn.ModuleList([D_A, D_B]).requires_grad_(True)
     with autocast:
         older_A, older_B = pool_A.query(fake_A), pool_B.query(fake_B)
-        loss_D_A = discriminator_loss(D_A, real_B, older_B, args.gan_mode, batch_calls)
-        loss_D_B = discriminator_loss(D_B, real_A, older_A, args.gan_mode, batch_calls)
+        loss_D_A = discriminator_loss(D_A, real_B, older_B, args)
+        loss_D_B = discriminator_loss(D_B, real_A, older_A, args)
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D_A + loss_D_B).backward()
     scaler.step(opt_D)
@@ -329,36 +297,30 @@ def train_step(nets, opt_G, opt_D, pool_A, pool_B, real_A, real_B, args, autocas
 # the training loop's helpers: setup, files and checkpoints, data and evaluation, stops
 
 def check_run(args):  # what the networks need of the flags, checked before any work
-    if args.crop_size % 4 or args.crop_size < MIN_SIDE:
-        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of 4 (the ResNet's) "
-                 f"from {MIN_SIDE} up (the discriminator's)")
-    if args.lambda_identity > 0 and args.input_nc != args.output_nc:
-        sys.exit("error: --lambda_identity needs --input_nc = --output_nc (G_A(B) takes B); "
-                 "give --lambda_identity 0")
+    if args.crop_size % 4 or args.crop_size < MIN_SIDE:  # (the ResNet's; the discriminator's)
+        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of 4 from {MIN_SIDE} up")
+    if args.lambda_identity > 0 and args.input_nc != args.output_nc:  # (G_A(B) takes B)
+        sys.exit("error: --lambda_identity needs --input_nc = --output_nc; give 0")
     if 'crop' not in args.preprocess and args.batch_size > 1:
-        sys.exit(f"error: --preprocess {args.preprocess} keeps each image's own size, so a batch "
-                 f"holds one image; use --batch_size 1 or a --preprocess with a crop")
+        sys.exit(f"error: --preprocess {args.preprocess} keeps each image's size: --batch_size 1")
 
-def pick_device(name):
-    """--device auto takes CUDA, then MPS, then the CPU; a device that is absent is an error."""
+def pick_device(name):  # auto: CUDA, then MPS, then the CPU; one that is absent is an error
     present = [d for d, ok in [('cuda', torch.cuda.is_available()),
                                ('mps', torch.backends.mps.is_available()), ('cpu', True)] if ok]
     if name != 'auto' and name not in present:
-        sys.exit(f"error: --device {name}: not present on this machine (present: "
-                 f"{', '.join(present)}); use --device auto")
+        sys.exit(f"error: --device {name}: not present here (present: {', '.join(present)})")
     return torch.device(present[0] if name == 'auto' else name)
 
 def autocast_dtype(name, device):
-    """auto: bfloat16 on CUDA 8.0+ and CPUs with AVX-512 BF16 or AMX, float16 on CUDA 7.x."""
+    """auto: bfloat16 on CUDA 8.0+ and CPUs with AVX-512 BF16 (AMX's have it), float16 on 7.x."""
+    if name != 'auto':
+        return name
     capability = 0
     if device.type == 'cuda':
         capability = torch.cuda.get_device_capability(device)[0]
-    if name == 'auto' and (capability >= 8 or device.type == 'cpu' and (
-            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())):
+    if capability >= 8 or device.type == 'cpu' and torch.cpu._is_avx512_bf16_supported():
         return 'bfloat16'
-    if name == 'auto':
-        return 'float16' if capability == 7 else 'float32'
-    return name
+    return 'float16' if capability == 7 else 'float32'
 
 def setup(args):  # device, process group (torchrun: a GPU per process), seeds, precision
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -374,8 +336,6 @@ def setup(args):  # device, process group (torchrun: a GPU per process), seeds, 
     dtype = getattr(torch, autocast_dtype(args.dtype, device))
     if dtype == torch.float16 and device.type != 'cuda':  # (without loss scaling it underflows)
         sys.exit("error: --dtype float16 is trained with loss scaling, on CUDA only; use bfloat16")
-    if args.compile and device.type == 'mps':
-        sys.exit("error: --compile: torch.compile runs slower than eager on MPS; drop --compile")
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return rank, world, device, autocast, scaler
@@ -384,9 +344,7 @@ def first_line(e):  # an exception's message in one line (torch's lists of keys 
     return (' '.join(str(e).split()) or type(e).__name__)[:240]
 
 def save_file(obj, path, replace=False):
-    """obj (bytes, a function that writes a file, or what torch.save takes) to a new private file
-    beside path (never through a link), synced, renamed to path: a crash leaves an earlier file
-    whole. An existing path, a dangling link too, is replaced only if asked."""
+    """obj (bytes or a writer) via a private file beside path: a crash leaves an earlier whole."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
@@ -394,17 +352,15 @@ def save_file(obj, path, replace=False):
         with os.fdopen(fd, 'wb') as f:
             if isinstance(obj, bytes):
                 f.write(obj)
-            elif callable(obj):
-                obj(f)
             else:
-                torch.save(obj, f)
+                obj(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)  # (read back at once: mkstemp's file is private, the result is not)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         if os.path.lexists(path) and not replace:
-            sys.exit(f"error: {path} exists; it is not replaced")
+            sys.exit(f"error: {path} exists; it is not replaced (a run's: --resume it)")
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # (torch.save's writer hides the OSError beneath)
         reason = e.__context__ if isinstance(e.__context__, OSError) else e
@@ -414,47 +370,37 @@ def save_file(obj, path, replace=False):
             os.remove(tmp)
 
 def load_file(path):  # weights only: a file whose unpickling would run code is refused
-    if not os.path.isfile(path):
-        sys.exit(f"error: {path}: no such file; give --ckpt FILE")
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        sys.exit(f"error: {path}: not a loadable weights file, or one that would run code when "
-                 f"loaded ({first_line(e)})")
+        reason = first_line(e)
+        sys.exit(f"error: {path}: not a loadable weights file, or it would run code ({reason})")
 
-def check_checkpoint(obj, path, script=SCRIPT):
-    """obj, if a whole checkpoint of `script` with each field of its type and range (the args as
-    the parser reads them); else one line naming the field."""
+def check_checkpoint(obj, path):
+    """obj, if a whole checkpoint of `script`, each field of its type and range; else one line."""
     if not isinstance(obj, dict) or obj.get('script') not in ('cyclegan', 'pixelgan'):
         sys.exit(f"error: {path} is not a checkpoint of cyclegan.py or pixelgan.py")
-    if obj['script'] != script:
+    if obj['script'] != SCRIPT:
         sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py")
-    missing = [k for k in STATE if k not in obj]
-    if missing:
-        sys.exit(f"error: {path}: a {script}.py checkpoint without {', '.join(missing)}")
-    fields = dict(args=isinstance(obj['args'], dict), rng=isinstance(obj['rng'], list),
-                  step=type(obj['step']) is int and obj['step'] >= 0,
-                  best_fid=type(obj['best_fid']) is float and obj['best_fid'] >= 0)
-    damaged = [name for name, ok in fields.items() if not ok]
+    fields = dict(args=isinstance(obj.get('args'), dict), rng=isinstance(obj.get('rng'), list),
+                  step=type(obj.get('step')) is int and obj['step'] >= 0,
+                  best_fid=type(obj.get('best_fid')) is float and obj['best_fid'] >= 0)
+    damaged = [k for k, ok in fields.items() if not ok]  # (the rest: when restored)
     if damaged:
-        sys.exit(f"error: {path}: its {damaged[0]} is damaged (not of its type or range)")
+        sys.exit(f"error: {path}: a {SCRIPT}.py checkpoint whose {damaged[0]} is missing or bad")
     known = vars(get_parser().parse_args([]))  # the args, read again as a command line would be
     flags = {k: v for k, v in obj['args'].items() if k in known and v not in (None, False)}
     argv = [f"--{k}" if v is True else f"--{k}={v}" for k, v in flags.items()]
-    try:
-        parsed = vars(get_parser().parse_args(argv))
+    try:  # (older files lack newer flags: their defaults)
+        obj['args'] = vars(get_parser().parse_args(argv))
     except SystemExit as e:
         sys.exit(f"error: {path}: its args are damaged ({str(e.code).removeprefix('error: ')})")
-    wrong = [k for k, v in flags.items() if parsed[k] != v]  # ('128' where 128 belongs)
-    if wrong:
-        sys.exit(f"error: {path}: its args are damaged (--{wrong[0]} {flags[wrong[0]]!r})")
     return obj
 
 def resume_args(given, path, purpose='resume'):
-    """The checkpoint's args under the flags given now: FIXED_FLAGS must stay, --max_iters is not
-    taken from the checkpoint."""
+    """The checkpoint's args under the flags given now (FIXED_FLAGS stay; --max_iters: if given)."""
     ckpt = check_checkpoint(load_file(path), path)
-    saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
+    saved = ckpt['args']  # (as the parser reads them)
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in FIXED_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
@@ -465,8 +411,7 @@ def finite(nets):  # (one wait for the device)
     return bool(torch.stack([p.isfinite().all() for net in nets for p in net.parameters()]).all())
 
 def save_run(path, args, checkpointed, step, best_fid, device, replace=True):
-    """The checkpoint: all that resuming exactly needs, every process's random states too. Every
-    process calls it; rank 0 writes it. Non-finite weights never reach it."""
+    """All that resuming exactly needs, every process's RNG too; rank 0 writes it, if finite."""
     state = dict(cpu=torch.get_rng_state())
     if device.type in ('cuda', 'mps'):
         state[device.type] = getattr(torch, device.type).get_rng_state()
@@ -481,28 +426,25 @@ def save_run(path, args, checkpointed, step, best_fid, device, replace=True):
                  f"the last good state: try a lower --lr, or float32")
     ckpt = dict(script=SCRIPT, args=vars(args), step=step, rng=states, best_fid=best_fid,
                 **{name: obj.state_dict() for name, obj in checkpointed.items()})
-    save_file(ckpt, path, replace)
+    save_file(functools.partial(torch.save, ckpt), path, replace)
 
 def restore_run(ckpt, checkpointed, path, device, rank):  # what save_run wrote: step, best FID
-    for name, obj in checkpointed.items():
-        try:
+    try:  # (name: the part that does not load)
+        for name, obj in checkpointed.items():
             obj.load_state_dict(ckpt[name])
-        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
-            sys.exit(f"error: {path}: its {name} does not load ({first_line(e)}); it is damaged")
-    if not finite([checkpointed[name] for name in NETWORKS]):
-        sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
-    try:  # each process its own generators (on more processes than saved: the last one's)
+        name = 'rng'  # each process its own generators (more processes than saved: the last one's)
         state = ckpt['rng'][min(rank, len(ckpt['rng']) - 1)]
         torch.set_rng_state(state['cpu'])
         if device.type != 'cpu' and device.type in state:
             getattr(torch, device.type).set_rng_state(state[device.type])
-    except (RuntimeError, TypeError, KeyError, IndexError) as e:
-        sys.exit(f"error: {path}: its rng does not load ({first_line(e)}); it is damaged")
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        sys.exit(f"error: {path}: its {name} does not load ({first_line(e)})")
+    if not finite([checkpointed[name] for name in NETWORKS]):
+        sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
     return ckpt['step'], ckpt['best_fid']
 
 def open_log(out_dir, resuming):
-    """log.jsonl, opened and locked (POSIX flock) till the process ends, however it ends: one run
-    per out_dir; a new run's must be new (the checkpoint is claimed as the run starts)."""
+    """log.jsonl, locked (POSIX flock) till the process ends: one run per out_dir; new if new."""
     log_path = os.path.join(out_dir, 'log.jsonl')
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -515,30 +457,25 @@ def open_log(out_dir, resuming):
     except OSError as e:
         sys.exit(f"error: --out_dir {out_dir}: cannot write log.jsonl there ({e.strerror})")
     if not resuming and os.path.getsize(log_path):
-        sys.exit(f"error: {log_path} holds an earlier run's log: continue it with --resume, or "
-                 f"give another --out_dir")
+        sys.exit(f"error: {log_path} holds an earlier run's log: --resume it, or give another one")
     return f
 
 def log(f, step, record):  # a line of log.jsonl (tools/to_tensorboard.py: TensorBoard)
     try:
         f.write(json.dumps(dict(step=step, **record), allow_nan=False) + '\n')
-    except OSError as e:
-        sys.exit(f"error: {f.name}: cannot write a record ({first_line(e)})")
     except ValueError:  # a NaN, which JSON has no word for: the weights have diverged
-        sys.exit(f"error: the run diverged by iteration {step}: NaN or infinite values in "
-                 f"{record}; try a lower --lr, or float32")
+        sys.exit(f"error: the run diverged: NaN by iteration {step}; try a lower --lr, or float32")
 
 def make_data(args, rank, world):
     """The training loader: this process's shard, in an order drawn from (seed, epoch)."""
-    channels = (args.input_nc, args.output_nc)
     train_set = data.Synthetic(args.crop_size, paired=False, train=True, direction=args.direction,
-                               channels=channels)
+                               channels=(args.input_nc, args.output_nc))
     if args.dataroot is not None:
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, not args.no_flip,
                             min_side=MIN_SIDE)
         train_set = data.UnpairedFolders(args.dataroot, 'train', tf, args.direction,
                                          args.serial_batches, args.max_dataset_size, args.seed,
-                                         channels)
+                                         (args.input_nc, args.output_nc))
     return data.train_loader(train_set, args.batch_size, args.num_threads, args.seed,
                              not args.serial_batches, rank, world)
 
@@ -561,18 +498,16 @@ def psnr(x, y):  # peak signal-to-noise ratio in dB of images in [-1, 1], per im
 
 @torch.no_grad()
 def evaluate(G_A, G_B, held, device, features=None, reals=None):
-    """PSNR of G_A(A) against B and G_B(B) against A on the built-in task's held-out pairs, FID
-    and KID against the real images' features (reals); each process translates its share."""
+    """PSNR against the built-in task's truth; FID and KID against reals; each process its share."""
     scores = {}
+    truth = isinstance(held, data.Synthetic)  # (else batch[y] is not x's truth)
     for name, G, x, y in [('AtoB', G_A, 'A', 'B'), ('BtoA', G_B, 'B', 'A')]:
-        truth = isinstance(held, data.Synthetic)
-        items = held if truth else data.Domain(held, x)  # pairs, or each image of a domain once
+        items = held.domain(x)  # each image of domain x once (the built-in task's: pairs)
         psnrs, fakes = [], []
         G.eval()
         for batch in data.share_loader(items):
             fake = G(batch[x].to(device)).float()
-            if truth:
-                psnrs.append(psnr(fake, batch[y].to(device)))
+            psnrs.append(psnr(fake, batch[y].to(device)))
             if features is not None:
                 fakes.append(features(fake))
         G.train()
@@ -602,8 +537,7 @@ def request_stop(signum, frame):
         signal.signal(signal.SIGCHLD, request_stop)  # it to all): their end is part of the stop
 
 def next_batch(batches):
-    """The next batch (None at the epoch's end), and whether every process stops now: after a
-    Ctrl-C or SIGTERM on any of them, agreed in an all-reduce of a CPU tensor (no device wait)."""
+    """The next batch (None: the epoch ended) and whether all stop (a signal came to any)."""
     batch = None
     try:
         batch = next(batches, None)
@@ -613,20 +547,23 @@ def next_batch(batches):
     stop = torch.tensor([len(STOP_REQUESTS)])
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(stop, torch.distributed.ReduceOp.MAX)
-    return batch, bool(stop)
+    return batch, stop.tolist()[0] > 0
 
-def read_losses(loss):  # as numbers, the mean over the processes: one transfer from the device
+def read_losses(loss, step, ckpt_path):  # their mean over the processes: one device transfer
     values = torch.stack(list(loss.values()))
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(values)
         values /= torch.distributed.get_world_size()
-    return dict(zip(loss, values.tolist()))
+    losses = dict(zip(loss, values.tolist()))
+    if not all(math.isfinite(v) for v in losses.values()):  # (save_run never writes NaN either)
+        sys.exit(f"error: the loss became NaN or infinite by iteration {step}; {ckpt_path} keeps "
+                 f"the last good state: try a lower --lr, or float32")
+    return losses
 
 def due(step, freq, total):  # every freq iterations, and at the last one
     return step % freq == 0 or step == total
 
 def train(args, given):  # trains CycleGAN as args say; returns the four networks by name
-    # setup: the run to continue, what it will write (checked now), device, precision
     ckpt_path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
     best_path = os.path.join(os.path.dirname(ckpt_path), 'best.pt')  # the lowest FID's
     ckpt = None
@@ -637,34 +574,29 @@ def train(args, given):  # trains CycleGAN as args say; returns the four network
     master = rank == 0  # only rank 0 prints and writes
     if master:
         log_file = open_log(args.out_dir, resuming=ckpt is not None)
-    features = None  # FID and KID: every process loads the network (a bad file stops them all)
-    if args.fid or args.fid_weights:
-        from tools import fid
-        features = fid.FeatureNetwork(args.fid_weights or fid.default_weights(), device)
-    # data (the datasets apply --direction), networks, optimizers, image pools
+    # data (the datasets apply --direction); FID's network and the real images' features, once
     loader = make_data(args, rank, world)
     held = held_out_data(args)
-    reals = None  # the real held-out images' features, once per run
-    if features is not None:
-        reals = {k: features.of_dataset(data.Domain(held, k), k) for k in 'AB'}
     fixed = next(iter(torch.utils.data.DataLoader(held, 4)))  # shown in the samples
+    features, reals = None, None
+    if args.fid or args.fid_weights:  # every process loads it: a bad file stops them all
+        from tools import fid
+        features = fid.FeatureNetwork(args.fid_weights or fid.default_weights(), device)
+        reals = {k: features.of_dataset(held.domain(k), k) for k in 'AB'}
     nets, opt_G, opt_D = build_model(args, device)
-    side = args.crop_size if 'crop' in args.preprocess else None  # the pools' images' side
+    side = args.crop_size if 'crop' in args.preprocess else None  # (else: of any size)
     pool_A = ImagePool(args.pool_size, args.input_nc, side, device)
     pool_B = ImagePool(args.pool_size, args.output_nc, side, device)
     checkpointed = dict(**nets, opt_G=opt_G, opt_D=opt_D, pool_A=pool_A, pool_B=pool_B)
-    # resume the state; a new run claims its checkpoint now, so that a --ckpt folder that cannot
-    # be written, or a checkpoint another run has just claimed, fails here and not at the end
+    # resume; or claim the checkpoint now: an unwritable --ckpt folder fails here, not at the end
     step, best_fid = 0, math.inf
     if ckpt is not None:
         step, best_fid = restore_run(ckpt, checkpointed, ckpt_path, device, rank)
-    elif os.path.lexists(ckpt_path) or os.path.lexists(best_path):
-        sys.exit(f"error: {ckpt_path} (or best.pt beside it) exists: continue that run with "
-                 f"--resume, or give another --out_dir (or --ckpt)")
+    elif os.path.lexists(best_path):  # (and save_run refuses an existing ckpt_path)
+        sys.exit(f"error: {best_path} exists: --resume its run, or give another --out_dir")
     else:
         save_run(ckpt_path, args, checkpointed, step, best_fid, device, replace=False)
-    # the networks as the step runs them: under torchrun in DDP, which averages the gradients
-    # while the backward runs (and gives every process rank 0's weights); with --compile compiled
+    # as the step runs them: DDP under torchrun (averages gradients as the backward runs), compiled
     train_nets = dict(nets)
     if torch.distributed.is_initialized():
         train_nets = {k: nn.parallel.DistributedDataParallel(v) for k, v in nets.items()}
@@ -675,21 +607,19 @@ def train(args, given):  # trains CycleGAN as args say; returns the four network
         sizes = ', '.join(f"{k} {sum(p.numel() for p in v.parameters())}" for k, v in nets.items())
         print(f"training on {args.dataroot or 'the built-in synthetic task'} from iteration "
               f"{step}; parameters: {sizes}")
-    # the schedule: n_epochs + n_epochs_decay epochs, or --max_iters iterations
     iters = len(loader)  # per epoch, per process
     total = (args.n_epochs + args.n_epochs_decay) * iters
-    if args.max_iters is not None:
-        total = min(total, args.max_iters)
+    total = min(total, math.inf if args.max_iters is None else args.max_iters)
 
     STOP_REQUESTS.clear()
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     batches = data.start_epoch(loader, step, iters)
-    start, saved = step, step  # the iteration the checkpoint holds
+    start = step  # (the checkpoint holds it)
     t0 = time.time()
     t_last, step_last = t0, step
     stopping = False
-    while step < total and not stopping:
+    while step < total:
         # learning rate: constant for n_epochs, then a linear decay to zero
         epoch = step // iters
         lr = args.lr * lr_factor(epoch, args.n_epochs, args.n_epochs_decay)
@@ -710,20 +640,16 @@ def train(args, given):  # trains CycleGAN as args say; returns the four network
         step += 1
         if t_last == t0 and not due(step, args.print_freq, total):  # the first iteration warms up
             t_last, step_last = time.time(), step  # (allocations, compiling): timed from here
-        # progress: the losses read (their mean over the processes), speed, time to go. A NaN
-        # stops the run here, unsaved; save_run never writes non-finite weights either
+        # progress: the losses (read only here: a NaN stops the run), speed, time to go
         if due(step, args.print_freq, total):
-            losses = read_losses(loss)
-            if not all(math.isfinite(v) for v in losses.values()):
-                sys.exit(f"error: the loss became NaN or infinite by iteration {step} ({losses}); "
-                         f"{ckpt_path} keeps the last good state: try a lower --lr, or float32")
+            losses = read_losses(loss, step, ckpt_path)
         if master and due(step, args.print_freq, total):
             seconds, steps = time.time() - t_last, step - step_last
             ips = steps * args.batch_size * world / seconds
             eta = (total - step) * seconds / steps / 60
             numbers = ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
-            print(f"epoch {epoch + 1} iter {step}/{total} | {numbers} | {ips:.1f} img/s | ETA "
-                  f"{eta:.1f} min")
+            print(f"epoch {epoch + 1} iter {step}/{total} | {numbers} | {ips:.1f} img/s | "
+                  f"ETA {eta:.1f} min")
             log(log_file, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
             t_last, step_last = time.time(), step
         # samples: the translations of the fixed held-out images
@@ -745,9 +671,8 @@ def train(args, given):  # trains CycleGAN as args say; returns the four network
             save_run(best_path, args, checkpointed, step, best_fid, device)
         if due(step, args.save_latest_freq, total):
             save_run(ckpt_path, args, checkpointed, step, best_fid, device)
-            saved = step
 
-    if stopping and saved != step:
+    if stopping and step != start and not due(step, args.save_latest_freq, total):
         save_run(ckpt_path, args, checkpointed, step, best_fid, device)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -767,7 +692,7 @@ def main(argv=None):
     except data.DataError as e:  # from a loader worker: with the worker's traceback before it
         sys.exit(f"error: {str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')}")
     except KeyboardInterrupt:  # at start-up, before the loop's handler: nothing was trained
-        print("interrupted before training; nothing was written", file=sys.stderr)
+        print("interrupted before training", file=sys.stderr)
         sys.exit(130)
 
 if __name__ == '__main__':

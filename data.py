@@ -1,6 +1,5 @@
-"""Data for cyclegan.py and pixelgan.py: image folders, the official transforms, a sampler that
-shards and resumes, and the built-in synthetic datasets. Downloads: tools/download.py."""
-import math, os, random
+"""Data for both scripts: image folders, the official transforms, the sampler, built-in tasks."""
+import os, random
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,8 +15,7 @@ class DataError(Exception):
 # image files
 
 def find_images(folder):
-    """The image files under folder (recursive, any extension case), sorted; regular files only
-    (a FIFO named like an image would never end a read); a clear error if none."""
+    """The image files under folder, sorted: recursive, any case, regular files (not a FIFO)."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: not a folder")
     paths = []
@@ -29,11 +27,9 @@ def find_images(folder):
     return sorted(paths)
 
 def unit_range(img, path):
-    """A 16-bit, 32-bit or float image in [0, 1]. Integers by 65535 whatever their values, so that a
-    dark file keeps the others' scale; floats by the range of their values (1, 255 or 65535)."""
+    """In [0, 1]: integers by 65535 (a dark file keeps the others' scale), floats by their range."""
     values = np.asarray(img, dtype=np.float64)
-    tops = (1.0, 255.0, 65535.0) if img.mode == 'F' else (65535.0,)
-    for top in tops:
+    for top in (1.0, 255.0, 65535.0) if img.mode == 'F' else (65535.0,):
         if values.min() >= 0 and values.max() <= top:
             return values / top
     low, high = values.min() + 0.0, values.max() + 0.0  # (+ 0.0: no '-0')
@@ -41,8 +37,7 @@ def unit_range(img, path):
                     f"the image to 8 or 16 bits")
 
 def load_image(path, channels=3):
-    """Any supported file, upright as a viewer shows it (EXIF): 8-bit RGB for channels=3; for
-    channels=1 8-bit gray, or floats in [0, 1] from 16-bit, 32-bit and float images."""
+    """Upright as viewers show it (EXIF): 8-bit RGB; channels=1: 8-bit gray or floats in [0, 1]."""
     try:
         img = Image.open(path)
         img.load()  # decode now, so a truncated file fails here and not deep inside a transform
@@ -59,20 +54,6 @@ def load_image(path, channels=3):
     if channels == 1:
         return img.convert('L')
     return img.convert('RGB')  # RGBA loses its alpha; CMYK and L are converted
-
-def check_images(paths, transform, split=1):
-    """Every header read at start-up: a broken or too-small image stops the run before training
-    (split=2: each half of side-by-side files; EXIF orientations 5 to 8 turn it 90 degrees)."""
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                w, h = img.size
-                header_exif = img.format in ('JPEG', 'MPO', 'TIFF')  # a PNG's may follow the pixels
-                if header_exif and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                    w, h = h, w
-        except Exception as e:
-            raise DataError(f"{p}: cannot read image ({e}); fix or remove the file") from None
-        transform.check_size(w // split, h, p)
 
 # -----------------------------------------------------------------------------
 # transforms (the official preprocessing, one random draw shared by all images of an item)
@@ -104,17 +85,26 @@ class Transform:
             return max(4, round(w / 4) * 4), max(4, round(h / 4) * 4)
         return w, h
 
-    def check_size(self, w, h, path):
-        w, h = self.resized(w, h)
-        if self.train and 'crop' in self.preprocess and (w < self.crop or h < self.crop):
-            raise DataError(f"{path}: image is {w}x{h} after resizing, smaller than --crop_size "
-                            f"{self.crop}; lower --crop_size or use --preprocess resize_and_crop")
-        if 'crop' not in self.preprocess and min(w, h) < self.min_side:
-            raise DataError(f"{path}: image is {w}x{h} after resizing, smaller than the networks' "
-                            f"{self.min_side}; remove it or use --preprocess resize_and_crop")
+    def check(self, paths, split=1):
+        """Every header read at start-up: a broken or too-small image (split=2: half) fails now."""
+        for p in paths:
+            try:
+                with Image.open(p) as img:
+                    w, h = img.size
+                    header_exif = img.format in ('JPEG', 'MPO', 'TIFF')  # (a PNG's: after pixels)
+                    if header_exif and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # turned 90
+                        w, h = h, w
+            except Exception as e:
+                raise DataError(f"{p}: cannot read image ({e}); fix or remove the file") from None
+            w, h = self.resized(w // split, h)
+            if self.train and 'crop' in self.preprocess and (w < self.crop or h < self.crop):
+                raise DataError(f"{p}: image is {w}x{h} after resizing, smaller than --crop_size "
+                                f"{self.crop}; lower it or use --preprocess resize_and_crop")
+            if 'crop' not in self.preprocess and min(w, h) < self.min_side:
+                raise DataError(f"{p}: image is {w}x{h} after resizing, smaller than the networks' "
+                                f"{self.min_side}; remove it or use --preprocess resize_and_crop")
 
-    def __call__(self, imgs, rng, path='image'):
-        self.check_size(*imgs[0].size, path)  # (the start-up check may not have seen this file)
+    def __call__(self, imgs, rng):
         w, h = self.resized(*imgs[0].size)
         if (w, h) != imgs[0].size:
             imgs = [im.resize((w, h), Image.BICUBIC) for im in imgs]
@@ -126,24 +116,21 @@ class Transform:
             imgs = [im.crop((left, top, left + c, top + c)) for im in imgs]
         if self.train and self.flip and rng.random() < 0.5:
             imgs = [TF.hflip(im) for im in imgs]
-        tensors = [TF.to_tensor(im) for im in imgs]  # 8-bit: / 255; float ('F'): as it is
-        return [TF.normalize(t, [0.5] * len(t), [0.5] * len(t)) for t in tensors]
+        return [TF.to_tensor(im) * 2 - 1 for im in imgs]  # 8-bit: / 255; float ('F'): as it is
 
 # -----------------------------------------------------------------------------
-# datasets. An item is asked for as (epoch, index), as the sampler gives it (an index alone: epoch
-# 0); its random choices come from (seed, epoch, index): the same with any number of loader
-# workers, persistent or not, processes, or resumes.
+# datasets. Items are asked for as (epoch, index) (an index alone: epoch 0); their random choices
+# come from (seed, epoch, index): the same with any loader workers, processes, or resumes.
 
 class UnpairedFolders(torch.utils.data.Dataset):
-    """<root>/<phase>A and <root>/<phase>B (swapped with direction BtoA). An epoch is
-    max(|A|, |B|) items; A in order, B at random (in order too with serial)."""
+    """<root>/<phase>A and B (swapped with BtoA): max(|A|, |B|) items, B at random unless serial."""
     def __init__(self, root, phase, transform, direction='AtoB', serial=False, max_size=None,
                  seed=0, channels=(3, 3)):
         a, b = ('B', 'A') if direction == 'BtoA' else ('A', 'B')
         self.A = find_images(os.path.join(root, phase + a))[:max_size]
         self.B = find_images(os.path.join(root, phase + b))[:max_size]
-        check_images(self.A, transform)
-        check_images(self.B, transform)
+        transform.check(self.A)
+        transform.check(self.B)
         self.transform = transform
         self.serial = serial
         self.seed = seed
@@ -152,13 +139,16 @@ class UnpairedFolders(torch.utils.data.Dataset):
     def __len__(self):
         return max(len(self.A), len(self.B))
 
+    def domain(self, key):  # each image of domain key once (serial: in order), with a partner
+        return torch.utils.data.Subset(self, range(len(getattr(self, key))))
+
     def __getitem__(self, item):
         epoch, i = item if isinstance(item, tuple) else (0, item)
         rng = random.Random(f"{self.seed}/{epoch}/{i}")
         b = i % len(self.B) if self.serial else rng.randrange(len(self.B))
         path_A, path_B = self.A[i % len(self.A)], self.B[b]
-        A = self.transform([load_image(path_A, self.channels[0])], rng, path_A)[0]
-        B = self.transform([load_image(path_B, self.channels[1])], rng, path_B)[0]
+        A = self.transform([load_image(path_A, self.channels[0])], rng)[0]
+        B = self.transform([load_image(path_B, self.channels[1])], rng)[0]
         return {'A': A, 'B': B}
 
 class PairedFolders(torch.utils.data.Dataset):
@@ -170,18 +160,17 @@ class PairedFolders(torch.utils.data.Dataset):
         self.side_by_side = not os.path.isdir(dirA)
         if self.side_by_side:
             self.A = self.B = find_images(os.path.join(root, phase))[:max_size]
-            check_images(self.A, transform, split=2)
+            transform.check(self.A, split=2)
         else:
             self.A = find_images(dirA)[:max_size]
             by_name = {os.path.splitext(os.path.relpath(p, dirB))[0]: p for p in find_images(dirB)}
-            self.B = []
-            for p in self.A:
-                name = os.path.splitext(os.path.relpath(p, dirA))[0]
+            names = [os.path.splitext(os.path.relpath(p, dirA))[0] for p in self.A]
+            for p, name in zip(self.A, names):
                 if name not in by_name:
                     raise DataError(f"{p}: no image of the same name in {dirB}")
-                self.B.append(by_name[name])
-            check_images(self.A, transform)
-            check_images(self.B, transform)
+            self.B = [by_name[name] for name in names]
+            transform.check(self.A)
+            transform.check(self.B)
         self.transform = transform
         self.swap = direction == 'BtoA'
         self.seed = seed
@@ -201,74 +190,44 @@ class PairedFolders(torch.utils.data.Dataset):
         else:
             a, b = load_image(self.A[i], nc_a), load_image(self.B[i], nc_b)
         rng = random.Random(f"{self.seed}/{epoch}/{i}")
-        A, B = self.transform([a, b], rng, self.A[i])
+        A, B = self.transform([a, b], rng)
         if self.swap:
             return {'A': B, 'B': A}
         return {'A': A, 'B': B}
 
-class Domain(torch.utils.data.Dataset):
-    """{key: dataset[i][key]} for as many i as that domain has images (UnpairedFolders, serial)."""
-    def __init__(self, dataset, key):
-        self.dataset = dataset
-        self.key = key
-        self.size = len(getattr(dataset, key, dataset))
-
-    def __len__(self):
-        return self.size
-
-    def __getitem__(self, item):
-        return {self.key: self.dataset[item][self.key]}
-
-class EpochSampler(torch.utils.data.Sampler):
-    """(epoch, index) items: shuffled with a per-epoch seed, each of `world` processes its own
-    equal-length shard (wrapping around to pad), from part-way into an epoch to resume exactly."""
-    def __init__(self, n, seed, shuffle=True, rank=0, world=1):
-        self.n = n
-        self.seed = seed
-        self.shuffle = shuffle
-        self.rank = rank
-        self.world = world
-        self.epoch = 0
-        self.start = 0
-
-    def __len__(self):
-        return math.ceil(self.n / self.world) - self.start
+class EpochSampler(torch.utils.data.distributed.DistributedSampler):
+    """DistributedSampler's shard as (epoch, index) items, from `start` on (to resume mid-epoch)."""
+    start = 0
 
     def __iter__(self):
-        order = list(range(self.n))
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=generator).tolist()
-        order += order[:math.ceil(self.n / self.world) * self.world - self.n]
-        return iter((self.epoch, i) for i in order[self.rank::self.world][self.start:])
+        return iter([(self.epoch, i) for i in super().__iter__()][self.start:])
+
+    def __len__(self):
+        return super().__len__() - self.start
 
 def train_loader(dataset, batch_size, workers, seed, shuffle, rank=0, world=1):
     """This process's shard in batches; workers kept from epoch to epoch, at most one a CPU."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    workers = min(workers, cpus or 1)
-    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world)
+    sampler = EpochSampler(dataset, world, rank, shuffle, seed)
     if len(sampler) < batch_size:
         raise DataError(f"{len(dataset)} training images make no batch of --batch_size "
                         f"{batch_size} on {world} process(es)")
     return torch.utils.data.DataLoader(
-        dataset, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(), drop_last=True,
+        dataset, batch_size, sampler=sampler, num_workers=min(workers, cpus or 1),
+        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=True,
         generator=torch.Generator())  # its own RNG: the global one stays exact on resume
 
 def start_epoch(loader, step, iters):
-    """The batches of the epoch that iteration `step` falls in, from that one on (iters: per
-    epoch); the sampler gives each item its epoch, which draws its crops and flips."""
+    """The batches of the epoch of iteration `step`, from that one on (iters: per epoch)."""
     loader.sampler.epoch = step // iters
     loader.sampler.start = step % iters * loader.batch_size
     return iter(loader)
 
 def share_loader(dataset):
-    """This process's share of a held-out dataset, in batches of 16: items rank, rank + world, ...
-    (padded with the first ones where they do not divide evenly: gather() drops those)."""
-    rank, world = 0, 1
+    """This process's share of a held-out dataset in batches of 16 (padded: gather() drops it)."""
+    sampler = None
     if torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    sampler = EpochSampler(len(dataset), 0, shuffle=False, rank=rank, world=world)
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False)
     return torch.utils.data.DataLoader(dataset, 16, sampler=sampler, generator=torch.Generator())
 
 def gather(rows, n):
@@ -283,12 +242,10 @@ def gather(rows, n):
 # built-in synthetic data: no download, deterministic, with hidden ground truth for evaluation
 
 SKY, GRASS = np.array([0.55, 0.75, 0.95]), np.array([0.35, 0.6, 0.25])
-COATS = np.array([[0.55, 0.35, 0.2], [0.85, 0.8, 0.7], [0.45, 0.45, 0.45],
-                  [0.75, 0.55, 0.3]])  # horse colours
+COATS = np.array([[0.55, 0.35, 0.2], [0.85, 0.8, 0.7], [0.45, 0.45, 0.45], [0.75, 0.55, 0.3]])
 
 def render_scene(seed, size, striped):
-    """A landscape (sky over grass) with 1-3 'animals' (ellipses and boxes in coat colours);
-    striped=True: the same scene with zebra stripes on every animal, its other-domain twin."""
+    """Sky over grass with 1-3 'animals' (ellipses, boxes); striped: its zebra-striped twin."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
     sky, grass = SKY + rng.normal(0, 0.05, 3), GRASS + rng.normal(0, 0.05, 3)
@@ -308,13 +265,6 @@ def render_scene(seed, size, striped):
         img = np.where(inside[..., None], colour, img)
     return torch.from_numpy(img.transpose(2, 0, 1)).float().clamp(0, 1) * 2 - 1
 
-def degrade(clean, seed):
-    """The 'low quality' version: half resolution, colour faded towards grey, noise."""
-    half = F.interpolate(clean[None], scale_factor=0.5, mode='area')
-    x = F.interpolate(half, scale_factor=2, mode='bilinear')[0]
-    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
-    return (0.6 * x + 0.1 + 0.08 * noise).clamp(-1, 1)
-
 class Synthetic(torch.utils.data.Dataset):
     """paired=False: A = plain animals, B = striped ones, unrelated scenes in training, each test
     scene in both styles (the ground truth). paired=True: A = a degraded scene, B the clean one."""
@@ -322,19 +272,24 @@ class Synthetic(torch.utils.data.Dataset):
         self.size = size
         self.paired = paired
         self.train = train
-        self.n = 1000 if train else 64
         self.swap = direction == 'BtoA'
         self.channels = channels  # of A and of B: 3, or 1 for the scenes in grayscale
 
     def __len__(self):
-        return self.n
+        return 1000 if self.train else 64
+
+    def domain(self, key):  # (as UnpairedFolders.domain: each scene has both)
+        return self
 
     def __getitem__(self, item):
         i = item[1] if isinstance(item, tuple) else item  # (no randomness: the epoch is unused)
         seed = i if self.train else 10**6 + i
-        if self.paired:
+        if self.paired:  # A: B at half resolution, its colours faded towards grey, with noise
             B = render_scene(seed, self.size, striped=seed % 2 == 1)
-            A = degrade(B, seed)
+            blurred = F.interpolate(F.interpolate(B[None], scale_factor=0.5, mode='area'),
+                                    scale_factor=2, mode='bilinear')[0]
+            noise = torch.randn(B.shape, generator=torch.Generator().manual_seed(seed))
+            A = (0.6 * blurred + 0.1 + 0.08 * noise).clamp(-1, 1)
         else:
             seed_B = seed + 10**5 if self.train else seed  # training: an unrelated scene
             A = render_scene(seed, self.size, False)

@@ -6,8 +6,6 @@ A U-Net generator G maps an input image A to its target B; a conditional discrim
     python pixelgan.py --dataroot datasets/facades --netD basic --direction BtoA  # the paper's
     python pixelgan.py --resume                              # continue out/pixelgan/ckpt.pt
     torchrun --standalone --nproc_per_node=8 pixelgan.py --dataroot ...
-
-Read top to bottom: config, networks, losses and the training step, the loop; side jobs: tools/.
 """
 import argparse, contextlib, copy, datetime, functools, io, json, math, os, shlex, signal, sys
 import tempfile, time
@@ -18,8 +16,7 @@ import torchvision
 import data
 
 # -----------------------------------------------------------------------------
-# config: the official flags keep their names and defaults, but --netD's (pixel here, measured
-# better; the official code's: basic); the rest are marked "new"
+# config: the official flags keep their names and defaults, but --netD's (official: basic)
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the usage text too
@@ -44,8 +41,7 @@ WEIGHT, FRACTION = bounded(float, 0.0), bounded(float, 0.0, 1.0, above=True)
 def get_parser():
     p = ArgumentParser(description='pix2pix / PixelGAN: paired image-to-image translation')
     a = p.add_argument
-    a('--dataroot', help='pairs side by side in <root>/train, or <root>/A/train and '
-      '<root>/B/train (test or val: held out); none: the built-in task')
+    a('--dataroot', help='pairs: <root>/train/ side by side, or <root>/A|B/train/; none: built-in')
     a('--netG', default='unet_256', choices=['unet_256', 'unet_128'])
     a('--netD', default='pixel', choices=['pixel', 'basic', 'n_layers'],
       help='pixel: 1x1 PixelGAN (our default, measured best, see README); basic: 70x70 PatchGAN')
@@ -70,8 +66,7 @@ def get_parser():
       choices=['resize_and_crop', 'crop', 'scale_width_and_crop'])
     a('--no_flip', action='store_true', help='no random horizontal flips')
     a('--serial_batches', action='store_true', help='take images in order instead of shuffled')
-    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'],
-      help='AtoB maps the left/A image to the right/B one')
+    a('--direction', default='AtoB', choices=['AtoB', 'BtoA'], help='AtoB: left/A to right/B')
     a('--num_threads', type=COUNT, default=4, help='loader processes, at most the CPUs present')
     a('--max_dataset_size', type=NATURAL, default=None, help='at most this many training pairs')
     a('--print_freq', type=NATURAL, default=100, help='iterations between progress lines')
@@ -98,7 +93,6 @@ SYNTHETIC_PRESET = dict(netG='unet_128', ngf=32, ndf=32, crop_size=128, load_siz
                         print_freq=50, display_freq=250, eval_freq=500, save_latest_freq=500)
 SCRIPT = 'pixelgan'
 NETWORKS = ['G', 'D']  # their names in the checkpoint and the official files
-STATE = ['args', 'step', 'rng', 'best_fid', *NETWORKS, 'opt_G', 'opt_D']
 # flags a resumed run keeps: the networks, the batch size its position counts in, the direction
 FIXED_FLAGS = ['netG', 'netD', 'n_layers_D', 'ngf', 'ndf', 'norm', 'no_dropout', 'input_nc',
                'output_nc', 'batch_size', 'direction']
@@ -191,8 +185,7 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 class PixelDiscriminator(nn.Module):
-    """1x1 PixelGAN: judges every pixel on its own; in the pix2pix paper (section 4.4) it adds
-    colourfulness, not sharpness. Logits out."""
+    """1x1 PixelGAN: judges each pixel alone; it adds colourfulness, not sharpness (section 4.4)."""
     def __init__(self, in_nc=3, ndf=64, norm='instance'):
         super().__init__()
         bias = norm == 'instance'
@@ -217,9 +210,8 @@ def init_weights(net, gain=0.02):
     return net
 
 def build_model(args, device):
-    """The two networks by name, initialised as the official code does, and their optimizers. D
-    is conditional: it sees input and output concatenated along channels. channels_last (NHWC)
-    runs the discriminators faster; the U-Net was faster without it."""
+    """G and D (conditional: it sees input and output stacked), initialised, and two Adams.
+    channels_last (NHWC) runs the discriminators faster; the U-Net was faster without it."""
     num_downs = 8 if args.netG == 'unet_256' else 7
     G = UnetGenerator(args.input_nc, args.output_nc, num_downs, args.ngf, args.norm,
                       dropout=not args.no_dropout)
@@ -248,13 +240,14 @@ def gan_loss(pred, target_is_real, gan_mode):
         return F.mse_loss(pred, target)
     return F.binary_cross_entropy_with_logits(pred, target)
 
-def discriminator_loss(D, real, fake, gan_mode, batch_calls):
+def discriminator_loss(D, real, fake, args):
     """D's side of Eq. 1, halved as in the official code (it slows D down relative to G)."""
-    if batch_calls and real.shape == fake.shape:
+    if args.norm != 'batch' and real.shape == fake.shape:  # per-sample norms: one call, exact
         pred_real, pred_fake = D(torch.cat([real, fake])).chunk(2)
     else:
         pred_real, pred_fake = D(real), D(fake)
-    return 0.5 * (gan_loss(pred_real, True, gan_mode) + gan_loss(pred_fake, False, gan_mode))
+    return 0.5 * (gan_loss(pred_real, True, args.gan_mode) +
+                  gan_loss(pred_fake, False, args.gan_mode))
 
 def lr_factor(epoch, n_epochs, n_epochs_decay):
     """The learning rate's multiplier after `epoch` epochs: 1, then a linear decay (official)."""
@@ -264,13 +257,12 @@ def train_step(nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
     """One iteration of G* = arg min_G max_D L_cGAN(G, D) + lambda L_L1(G) (the paper's Eq. 4):
     the discriminator step, then the generator step."""
     G, D = nets['G'], nets['D']
-    batch_calls = args.norm in ('instance', 'none')
     # discriminator step: real pairs against generated pairs; D sees (input, output)
     with autocast:
         fake_B = G(real_A)
         real_pair = torch.cat([real_A, real_B], 1)
         fake_pair = torch.cat([real_A, fake_B.detach()], 1)
-        loss_D = discriminator_loss(D, real_pair, fake_pair, args.gan_mode, batch_calls)
+        loss_D = discriminator_loss(D, real_pair, fake_pair, args)
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
     scaler.step(opt_D)
@@ -293,33 +285,29 @@ def train_step(nets, opt_G, opt_D, real_A, real_B, args, autocast, scaler):
 def check_run(args):  # what the networks need of the flags, checked before any work
     multiple = 2 ** (8 if args.netG == 'unet_256' else 7)  # the U-Net halves the size that often
     if args.crop_size % multiple:
-        sys.exit(f"error: --crop_size {args.crop_size} must be a multiple of {multiple} for "
-                 f"--netG {args.netG}")
+        sys.exit(f"error: --crop_size {args.crop_size}: not a multiple of {multiple} ({args.netG})")
     n_layers = {'pixel': 0, 'basic': 3}.get(args.netD, args.n_layers_D)  # each halves the size
     if args.crop_size < 3 * 2 ** n_layers:  # and two more convolutions need 3 pixels
         sys.exit(f"error: --crop_size {args.crop_size} is too small for --n_layers_D {n_layers}; "
                  f"give at most {int(math.log2(args.crop_size / 3))}")
 
-def pick_device(name):
-    """--device auto takes CUDA, then MPS, then the CPU; a device that is absent is an error."""
+def pick_device(name):  # auto: CUDA, then MPS, then the CPU; one that is absent is an error
     present = [d for d, ok in [('cuda', torch.cuda.is_available()),
                                ('mps', torch.backends.mps.is_available()), ('cpu', True)] if ok]
     if name != 'auto' and name not in present:
-        sys.exit(f"error: --device {name}: not present on this machine (present: "
-                 f"{', '.join(present)}); use --device auto")
+        sys.exit(f"error: --device {name}: not present here (present: {', '.join(present)})")
     return torch.device(present[0] if name == 'auto' else name)
 
 def autocast_dtype(name, device):
-    """auto: bfloat16 on CUDA 8.0+ and CPUs with AVX-512 BF16 or AMX, float16 on CUDA 7.x."""
+    """auto: bfloat16 on CUDA 8.0+ and CPUs with AVX-512 BF16 (AMX's have it), float16 on 7.x."""
+    if name != 'auto':
+        return name
     capability = 0
     if device.type == 'cuda':
         capability = torch.cuda.get_device_capability(device)[0]
-    if name == 'auto' and (capability >= 8 or device.type == 'cpu' and (
-            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())):
+    if capability >= 8 or device.type == 'cpu' and torch.cpu._is_avx512_bf16_supported():
         return 'bfloat16'
-    if name == 'auto':
-        return 'float16' if capability == 7 else 'float32'
-    return name
+    return 'float16' if capability == 7 else 'float32'
 
 def setup(args):  # device, process group (torchrun: a GPU per process), seeds, precision
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -335,8 +323,6 @@ def setup(args):  # device, process group (torchrun: a GPU per process), seeds, 
     dtype = getattr(torch, autocast_dtype(args.dtype, device))
     if dtype == torch.float16 and device.type != 'cuda':  # (without loss scaling it underflows)
         sys.exit("error: --dtype float16 is trained with loss scaling, on CUDA only; use bfloat16")
-    if args.compile and device.type == 'mps':
-        sys.exit("error: --compile: torch.compile runs slower than eager on MPS; drop --compile")
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return rank, world, device, autocast, scaler
@@ -345,9 +331,7 @@ def first_line(e):  # an exception's message in one line (torch's lists of keys 
     return (' '.join(str(e).split()) or type(e).__name__)[:240]
 
 def save_file(obj, path, replace=False):
-    """obj (bytes, a function that writes a file, or what torch.save takes) to a new private file
-    beside path (never through a link), synced, renamed to path: a crash leaves an earlier file
-    whole. An existing path, a dangling link too, is replaced only if asked."""
+    """obj (bytes or a writer) via a private file beside path: a crash leaves an earlier whole."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
@@ -355,17 +339,15 @@ def save_file(obj, path, replace=False):
         with os.fdopen(fd, 'wb') as f:
             if isinstance(obj, bytes):
                 f.write(obj)
-            elif callable(obj):
-                obj(f)
             else:
-                torch.save(obj, f)
+                obj(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)  # (read back at once: mkstemp's file is private, the result is not)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         if os.path.lexists(path) and not replace:
-            sys.exit(f"error: {path} exists; it is not replaced")
+            sys.exit(f"error: {path} exists; it is not replaced (a run's: --resume it)")
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # (torch.save's writer hides the OSError beneath)
         reason = e.__context__ if isinstance(e.__context__, OSError) else e
@@ -375,47 +357,37 @@ def save_file(obj, path, replace=False):
             os.remove(tmp)
 
 def load_file(path):  # weights only: a file whose unpickling would run code is refused
-    if not os.path.isfile(path):
-        sys.exit(f"error: {path}: no such file; give --ckpt FILE")
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        sys.exit(f"error: {path}: not a loadable weights file, or one that would run code when "
-                 f"loaded ({first_line(e)})")
+        reason = first_line(e)
+        sys.exit(f"error: {path}: not a loadable weights file, or it would run code ({reason})")
 
-def check_checkpoint(obj, path, script=SCRIPT):
-    """obj, if a whole checkpoint of `script` with each field of its type and range (the args as
-    the parser reads them); else one line naming the field."""
+def check_checkpoint(obj, path):
+    """obj, if a whole checkpoint of `script`, each field of its type and range; else one line."""
     if not isinstance(obj, dict) or obj.get('script') not in ('cyclegan', 'pixelgan'):
         sys.exit(f"error: {path} is not a checkpoint of cyclegan.py or pixelgan.py")
-    if obj['script'] != script:
+    if obj['script'] != SCRIPT:
         sys.exit(f"error: {path} is a {obj['script']}.py checkpoint; use {obj['script']}.py")
-    missing = [k for k in STATE if k not in obj]
-    if missing:
-        sys.exit(f"error: {path}: a {script}.py checkpoint without {', '.join(missing)}")
-    fields = dict(args=isinstance(obj['args'], dict), rng=isinstance(obj['rng'], list),
-                  step=type(obj['step']) is int and obj['step'] >= 0,
-                  best_fid=type(obj['best_fid']) is float and obj['best_fid'] >= 0)
-    damaged = [name for name, ok in fields.items() if not ok]
+    fields = dict(args=isinstance(obj.get('args'), dict), rng=isinstance(obj.get('rng'), list),
+                  step=type(obj.get('step')) is int and obj['step'] >= 0,
+                  best_fid=type(obj.get('best_fid')) is float and obj['best_fid'] >= 0)
+    damaged = [k for k, ok in fields.items() if not ok]  # (the rest: when restored)
     if damaged:
-        sys.exit(f"error: {path}: its {damaged[0]} is damaged (not of its type or range)")
+        sys.exit(f"error: {path}: a {SCRIPT}.py checkpoint whose {damaged[0]} is missing or bad")
     known = vars(get_parser().parse_args([]))  # the args, read again as a command line would be
     flags = {k: v for k, v in obj['args'].items() if k in known and v not in (None, False)}
     argv = [f"--{k}" if v is True else f"--{k}={v}" for k, v in flags.items()]
-    try:
-        parsed = vars(get_parser().parse_args(argv))
+    try:  # (older files lack newer flags: their defaults)
+        obj['args'] = vars(get_parser().parse_args(argv))
     except SystemExit as e:
         sys.exit(f"error: {path}: its args are damaged ({str(e.code).removeprefix('error: ')})")
-    wrong = [k for k, v in flags.items() if parsed[k] != v]  # ('128' where 128 belongs)
-    if wrong:
-        sys.exit(f"error: {path}: its args are damaged (--{wrong[0]} {flags[wrong[0]]!r})")
     return obj
 
 def resume_args(given, path, purpose='resume'):
-    """The checkpoint's args under the flags given now: FIXED_FLAGS must stay, --max_iters is not
-    taken from the checkpoint."""
+    """The checkpoint's args under the flags given now (FIXED_FLAGS stay; --max_iters: if given)."""
     ckpt = check_checkpoint(load_file(path), path)
-    saved = {**vars(get_parser().parse_args([])), **ckpt['args']}  # older files lack newer flags
+    saved = ckpt['args']  # (as the parser reads them)
     diff = [f"--{k} {given[k]} (checkpoint: {saved[k]})" for k in FIXED_FLAGS
             if k in given and given[k] != saved[k]]
     if diff:
@@ -426,8 +398,7 @@ def finite(nets):  # (one wait for the device)
     return bool(torch.stack([p.isfinite().all() for net in nets for p in net.parameters()]).all())
 
 def save_run(path, args, checkpointed, step, best_fid, device, replace=True):
-    """The checkpoint: all that resuming exactly needs, every process's random states too. Every
-    process calls it; rank 0 writes it. Non-finite weights never reach it."""
+    """All that resuming exactly needs, every process's RNG too; rank 0 writes it, if finite."""
     state = dict(cpu=torch.get_rng_state())
     if device.type in ('cuda', 'mps'):
         state[device.type] = getattr(torch, device.type).get_rng_state()
@@ -442,28 +413,25 @@ def save_run(path, args, checkpointed, step, best_fid, device, replace=True):
                  f"the last good state: try a lower --lr, or float32")
     ckpt = dict(script=SCRIPT, args=vars(args), step=step, rng=states, best_fid=best_fid,
                 **{name: obj.state_dict() for name, obj in checkpointed.items()})
-    save_file(ckpt, path, replace)
+    save_file(functools.partial(torch.save, ckpt), path, replace)
 
 def restore_run(ckpt, checkpointed, path, device, rank):  # what save_run wrote: step, best FID
-    for name, obj in checkpointed.items():
-        try:
+    try:  # (name: the part that does not load)
+        for name, obj in checkpointed.items():
             obj.load_state_dict(ckpt[name])
-        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
-            sys.exit(f"error: {path}: its {name} does not load ({first_line(e)}); it is damaged")
-    if not finite([checkpointed[name] for name in NETWORKS]):
-        sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
-    try:  # each process its own generators (on more processes than saved: the last one's)
+        name = 'rng'  # each process its own generators (more processes than saved: the last one's)
         state = ckpt['rng'][min(rank, len(ckpt['rng']) - 1)]
         torch.set_rng_state(state['cpu'])
         if device.type != 'cpu' and device.type in state:
             getattr(torch, device.type).set_rng_state(state[device.type])
-    except (RuntimeError, TypeError, KeyError, IndexError) as e:
-        sys.exit(f"error: {path}: its rng does not load ({first_line(e)}); it is damaged")
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        sys.exit(f"error: {path}: its {name} does not load ({first_line(e)})")
+    if not finite([checkpointed[name] for name in NETWORKS]):
+        sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
     return ckpt['step'], ckpt['best_fid']
 
 def open_log(out_dir, resuming):
-    """log.jsonl, opened and locked (POSIX flock) till the process ends, however it ends: one run
-    per out_dir; a new run's must be new (the checkpoint is claimed as the run starts)."""
+    """log.jsonl, locked (POSIX flock) till the process ends: one run per out_dir; new if new."""
     log_path = os.path.join(out_dir, 'log.jsonl')
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -476,18 +444,14 @@ def open_log(out_dir, resuming):
     except OSError as e:
         sys.exit(f"error: --out_dir {out_dir}: cannot write log.jsonl there ({e.strerror})")
     if not resuming and os.path.getsize(log_path):
-        sys.exit(f"error: {log_path} holds an earlier run's log: continue it with --resume, or "
-                 f"give another --out_dir")
+        sys.exit(f"error: {log_path} holds an earlier run's log: --resume it, or give another one")
     return f
 
 def log(f, step, record):  # a line of log.jsonl (tools/to_tensorboard.py: TensorBoard)
     try:
         f.write(json.dumps(dict(step=step, **record), allow_nan=False) + '\n')
-    except OSError as e:
-        sys.exit(f"error: {f.name}: cannot write a record ({first_line(e)})")
     except ValueError:  # a NaN, which JSON has no word for: the weights have diverged
-        sys.exit(f"error: the run diverged by iteration {step}: NaN or infinite values in "
-                 f"{record}; try a lower --lr, or float32")
+        sys.exit(f"error: the run diverged: NaN by iteration {step}; try a lower --lr, or float32")
 
 def make_data(args, rank, world):
     """The training loader: this process's shard, in an order drawn from (seed, epoch)."""
@@ -502,8 +466,7 @@ def make_data(args, rank, world):
                              not args.serial_batches, rank, world)
 
 def held_out_data(args):
-    """The held-out pairs with the evaluation transform: <root>/test, else <root>/val (or A/test,
-    A/val), or the built-in task's; None if the dataroot has neither."""
+    """The held-out pairs: <root>/test, else val (or A/test, A/val), or the built-in task's."""
     channels = (args.input_nc, args.output_nc)
     held = data.Synthetic(args.crop_size, paired=True, train=False, direction=args.direction,
                           channels=channels)
@@ -511,8 +474,7 @@ def held_out_data(args):
         phases = [phase for phase in ('test', 'val')
                   if any(os.path.isdir(os.path.join(args.dataroot, d, phase)) for d in ('', 'A'))]
         if (args.fid or args.fid_weights) and not phases:
-            sys.exit(f"error: --fid: {args.dataroot} has no test or val split (test/, val/, "
-                     f"A/test or A/val) to compute FID on")
+            sys.exit(f"error: --fid: {args.dataroot} has no test or val split to compute FID on")
         if not phases:
             return None
         tf = data.Transform(args.preprocess, args.load_size, args.crop_size, train=False)
@@ -524,9 +486,8 @@ def psnr(x, y):  # peak signal-to-noise ratio in dB of images in [-1, 1], per im
 
 @contextlib.contextmanager
 def test_mode(G, train_mode):
-    """Yields the generator to test with: G in eval mode (no dropout, running batch statistics),
-    or with train_mode, as the paper tests, a copy in train mode. Either way G's training state,
-    batch statistics and the RNG are left as they were."""
+    """G to test with: in eval mode, or (train_mode, as the paper tests) a copy in train mode;
+    G's mode, batch statistics and the RNG are left as they were."""
     was_training = G.training
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
@@ -538,8 +499,7 @@ def test_mode(G, train_mode):
 
 @torch.no_grad()
 def evaluate(G, held, device, train_mode=False, features=None, reals=None):
-    """Mean L1 and PSNR of G(A) against the true B, next to the untranslated input's; FID and KID
-    against the real targets' features (reals). Each process translates its share."""
+    """L1 and PSNR of G(A) against B and of A itself; FID and KID against reals; each its share."""
     rows, fakes = [], []
     with test_mode(G, train_mode) as G_test:
         for batch in data.share_loader(held):
@@ -574,8 +534,7 @@ def request_stop(signum, frame):
         signal.signal(signal.SIGCHLD, request_stop)  # it to all): their end is part of the stop
 
 def next_batch(batches):
-    """The next batch (None at the epoch's end), and whether every process stops now: after a
-    Ctrl-C or SIGTERM on any of them, agreed in an all-reduce of a CPU tensor (no device wait)."""
+    """The next batch (None: the epoch ended) and whether all stop (a signal came to any)."""
     batch = None
     try:
         batch = next(batches, None)
@@ -585,20 +544,23 @@ def next_batch(batches):
     stop = torch.tensor([len(STOP_REQUESTS)])
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(stop, torch.distributed.ReduceOp.MAX)
-    return batch, bool(stop)
+    return batch, stop.tolist()[0] > 0
 
-def read_losses(loss):  # as numbers, the mean over the processes: one transfer from the device
+def read_losses(loss, step, ckpt_path):  # their mean over the processes: one device transfer
     values = torch.stack(list(loss.values()))
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(values)
         values /= torch.distributed.get_world_size()
-    return dict(zip(loss, values.tolist()))
+    losses = dict(zip(loss, values.tolist()))
+    if not all(math.isfinite(v) for v in losses.values()):  # (save_run never writes NaN either)
+        sys.exit(f"error: the loss became NaN or infinite by iteration {step}; {ckpt_path} keeps "
+                 f"the last good state: try a lower --lr, or float32")
+    return losses
 
 def due(step, freq, total):  # every freq iterations, and at the last one
     return step % freq == 0 or step == total
 
 def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the two networks
-    # setup: the run to continue, what it will write (checked now), device, precision
     ckpt_path = args.ckpt or os.path.join(args.out_dir, 'ckpt.pt')
     best_path = os.path.join(os.path.dirname(ckpt_path), 'best.pt')  # the lowest FID's
     ckpt = None
@@ -609,28 +571,25 @@ def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the tw
     master = rank == 0  # only rank 0 prints and writes
     if master:
         log_file = open_log(args.out_dir, resuming=ckpt is not None)
-    features = None  # FID and KID: every process loads the network (a bad file stops them all)
-    if args.fid or args.fid_weights:
-        from tools import fid
-        features = fid.FeatureNetwork(args.fid_weights or fid.default_weights(), device)
-    # data (the datasets apply --direction), networks, optimizers
+    # data (the datasets apply --direction); FID's network and the real targets' features, once
     loader = make_data(args, rank, world)
     held = held_out_data(args)
-    reals = None  # the real held-out targets' features, once per run
-    if features is not None:
-        reals = features.of_dataset(held, 'B')
     sample_pairs = loader.dataset if held is None else held  # four shown in the samples
     fixed = next(iter(torch.utils.data.DataLoader(sample_pairs, 4)))
+    features, reals = None, None
+    if args.fid or args.fid_weights:  # every process loads it: a bad file stops them all
+        from tools import fid
+        features = fid.FeatureNetwork(args.fid_weights or fid.default_weights(), device)
+        reals = features.of_dataset(held, 'B')
+    # networks, optimizers
     nets, opt_G, opt_D = build_model(args, device)
     checkpointed = dict(**nets, opt_G=opt_G, opt_D=opt_D)
-    # resume the state; a new run claims its checkpoint now, so that a --ckpt folder that cannot
-    # be written, or a checkpoint another run has just claimed, fails here and not at the end
+    # resume; or claim the checkpoint now: an unwritable --ckpt folder fails here, not at the end
     step, best_fid = 0, math.inf
     if ckpt is not None:
         step, best_fid = restore_run(ckpt, checkpointed, ckpt_path, device, rank)
-    elif os.path.lexists(ckpt_path) or os.path.lexists(best_path):
-        sys.exit(f"error: {ckpt_path} (or best.pt beside it) exists: continue that run with "
-                 f"--resume, or give another --out_dir (or --ckpt)")
+    elif os.path.lexists(best_path):  # (and save_run refuses an existing ckpt_path)
+        sys.exit(f"error: {best_path} exists: --resume its run, or give another --out_dir")
     else:
         save_run(ckpt_path, args, checkpointed, step, best_fid, device, replace=False)
     # the networks as the step runs them: under torchrun in DDP, which averages the gradients
@@ -645,17 +604,15 @@ def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the tw
         sizes = ', '.join(f"{k} {sum(p.numel() for p in v.parameters())}" for k, v in nets.items())
         print(f"training on {args.dataroot or 'the built-in synthetic task'} from iteration "
               f"{step}; parameters: {sizes}")
-    # the schedule: n_epochs + n_epochs_decay epochs, or --max_iters iterations
     iters = len(loader)  # per epoch, per process
     total = (args.n_epochs + args.n_epochs_decay) * iters
-    if args.max_iters is not None:
-        total = min(total, args.max_iters)
+    total = min(total, math.inf if args.max_iters is None else args.max_iters)
 
     STOP_REQUESTS.clear()
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     batches = data.start_epoch(loader, step, iters)
-    start, saved = step, step  # the iteration the checkpoint holds
+    start = step  # (the checkpoint holds it)
     t0 = time.time()
     t_last, step_last = t0, step
     stopping = False
@@ -679,20 +636,16 @@ def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the tw
         step += 1
         if t_last == t0 and not due(step, args.print_freq, total):  # the first iteration warms up
             t_last, step_last = time.time(), step  # (allocations, compiling): timed from here
-        # progress: the losses read (their mean over the processes), speed, time to go. A NaN
-        # stops the run here, unsaved; save_run never writes non-finite weights either
+        # progress: the losses (read only here: a NaN stops the run), speed, time to go
         if due(step, args.print_freq, total):
-            losses = read_losses(loss)
-            if not all(math.isfinite(v) for v in losses.values()):
-                sys.exit(f"error: the loss became NaN or infinite by iteration {step} ({losses}); "
-                         f"{ckpt_path} keeps the last good state: try a lower --lr, or float32")
+            losses = read_losses(loss, step, ckpt_path)
         if master and due(step, args.print_freq, total):
             seconds, steps = time.time() - t_last, step - step_last
             ips = steps * args.batch_size * world / seconds
             eta = (total - step) * seconds / steps / 60
             numbers = ' '.join(f"{k} {v:.3f}" for k, v in losses.items())
-            print(f"epoch {epoch + 1} iter {step}/{total} | {numbers} | {ips:.1f} img/s | ETA "
-                  f"{eta:.1f} min")
+            print(f"epoch {epoch + 1} iter {step}/{total} | {numbers} | {ips:.1f} img/s | "
+                  f"ETA {eta:.1f} min")
             log(log_file, step, dict(epoch=epoch + 1, lr=lr, images_per_s=ips, **losses))
             t_last, step_last = time.time(), step
         # samples: the translations of the fixed held-out images
@@ -713,9 +666,8 @@ def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the tw
             save_run(best_path, args, checkpointed, step, best_fid, device)
         if due(step, args.save_latest_freq, total):
             save_run(ckpt_path, args, checkpointed, step, best_fid, device)
-            saved = step
 
-    if stopping and saved != step:
+    if stopping and step != start and not due(step, args.save_latest_freq, total):
         save_run(ckpt_path, args, checkpointed, step, best_fid, device)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -735,7 +687,7 @@ def main(argv=None):
     except data.DataError as e:  # from a loader worker: with the worker's traceback before it
         sys.exit(f"error: {str(e).strip().splitlines()[-1].removeprefix('data.DataError: ')}")
     except KeyboardInterrupt:  # at start-up, before the loop's handler: nothing was trained
-        print("interrupted before training; nothing was written", file=sys.stderr)
+        print("interrupted before training", file=sys.stderr)
         sys.exit(130)
 
 if __name__ == '__main__':

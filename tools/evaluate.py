@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torchvision.transforms.functional as TF
 import cyclegan, data, pixelgan
-from tools import fid, translate
+from tools import fid, generators
 
 def folder_features(features, folder, device):
     """The features of every image under folder, each at its own size, one at a time."""
@@ -49,7 +49,7 @@ def held_out(script, args, strict, features):
     try:
         held = script.held_out_data(args)
         if script is cyclegan:
-            return held, {k: features.of_dataset(data.Domain(held, k), k) for k in 'AB'}
+            return held, {k: features.of_dataset(held.domain(k), k) for k in 'AB'}
         return held, features.of_dataset(held, 'B')
     except SystemExit as e:  # (a FeatureError is one)
         if strict:
@@ -60,12 +60,12 @@ def held_out(script, args, strict, features):
 
 def score_checkpoint(path, argv):
     """What a run's evaluation logs, for the checkpoint at path, with the flags argv."""
-    obj = None  # (a .safetensors generator: translate.load_generator reads it)
+    obj = None  # (a .safetensors generator: generators.load_generator reads it)
     if not path.lower().endswith('.safetensors'):
         obj = cyclegan.load_file(path)
-    script = translate.ours(obj) or pixelgan  # (a generator file: as pixelgan.py scores G)
+    script = generators.ours(obj) or pixelgan  # (a generator file: as pixelgan.py scores G)
     args, given = script.parse_args(argv)
-    if translate.ours(obj) is not None:
+    if generators.ours(obj) is not None:
         args, obj = script.resume_args(given, path, 'evaluate')
     elif args.dataroot is None:
         sys.exit(f"error: {path} holds a generator, which knows no data: give --dataroot (a "
@@ -88,12 +88,12 @@ def score_checkpoint(path, argv):
             sys.exit(f"error: {args.dataroot}: unpaired images have no ground truth; give --fid "
                      f"for FID and KID on testA and testB")
         other = {'AtoB': 'BtoA', 'BtoA': 'AtoB'}[args.direction]
-        G_A = translate.load_generator(path, args.direction, obj)[0].to(device)
-        G_B = translate.load_generator(path, other, obj)[0].to(device)
+        G_A = generators.load_generator(path, args.direction, obj)[0].to(device)
+        G_B = generators.load_generator(path, other, obj)[0].to(device)
         return cyclegan.evaluate(G_A, G_B, held, device, features, reals)
     if held is None:
         sys.exit(f"error: {args.dataroot}: no test or val split (test/, val/, A/test or A/val)")
-    G = translate.load_generator(path, obj=obj)[0].to(device)
+    G = generators.load_generator(path, obj=obj)[0].to(device)
     return pixelgan.evaluate(G, held, device, args.test_train_mode, features, reals)
 
 def main(argv=None):

@@ -8,20 +8,20 @@
 --ckpt is either script's checkpoint, or for the generator formats an official generator .pth or
 a .safetensors too. A .safetensors file (pip install safetensors) holds the generator's weights,
 and in its metadata what rebuilds it (architecture, depth, width, norm, channels, dropout): no code
-runs when it loads, and tools/translate.py, evaluate.py and export.py read it. The .pt2 and .onnx
-programs hold the generator in eval mode, in float32, with batch, height and width free: any
-multiples of what it needs, from 8 pixels (ResNet) or one multiple (U-Net) up. A .pt2 refuses
+runs when it loads, and tools/generators.py reads it for translate, evaluate and export. The .pt2
+and .onnx programs hold the generator in eval mode, in float32, with batch, height and width free:
+any multiples of what it needs, from 8 pixels (ResNet) or one multiple (U-Net) up. A .pt2 refuses
 other sizes (AssertionError: Guard failed: x.size()[2] % 4 == 0); an .onnx model cannot check
 them, and onnxruntime fails inside it with a shape error: pad or resize the image first. An
 existing file is never replaced, and a file is written whole or not at all.
 """
-import argparse, io, os, sys
+import argparse, functools, io, os, sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts
 import torch
 import torch.fx.experimental._config
 import torch.nn as nn
 import cyclegan
-from tools import translate
+from tools import generators
 
 def check_new(path):
     """Before any work: path is a new file in a folder that can be made (the scripts' save_file
@@ -44,15 +44,14 @@ def check_weights(script, ckpt, path):
     """Each network built from the checkpoint's flags and given its weights: a damaged checkpoint
     is one line now, not official files that fail to load later."""
     try:
-        args = argparse.Namespace(**{**vars(script.get_parser().parse_args([])), **ckpt['args']})
-        nets = script.build_model(args, torch.device('cpu'))[0]
+        nets = script.build_model(argparse.Namespace(**ckpt['args']), torch.device('cpu'))[0]
     except (TypeError, KeyError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {path}: its args do not build the networks ({cyclegan.first_line(e)})")
     for name, net in nets.items():
         try:
             net.load_state_dict(ckpt[name])
-        except (TypeError, AttributeError, RuntimeError) as e:  # not weights, or not these
-            reason = ' '.join(str(e).split())[:300]  # torch's message, in one line
+        except (TypeError, AttributeError, RuntimeError, KeyError) as e:  # not these weights
+            reason = cyclegan.first_line(e)
             sys.exit(f"error: {path}: {name} does not load ({reason}); the checkpoint is damaged")
     if not cyclegan.finite(nets.values()):
         sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
@@ -67,7 +66,7 @@ def export_official(script, ckpt, path, folder):
     written = []
     try:
         for name, new in zip(script.NETWORKS, paths):
-            script.save_file(ckpt[name], new)
+            script.save_file(functools.partial(torch.save, ckpt[name]), new)
             written.append(new)
     except SystemExit:
         for new in written:  # files of this call only
@@ -89,11 +88,11 @@ class SizeChecked(nn.Module):
         return self.G(x)
 
 def export_safetensors(G, out):
-    """G's weights as a .safetensors file, what rebuilds it in the metadata (translate.build_of)."""
+    """G's weights as a .safetensors file, with what rebuilds it as its metadata (build_of)."""
     from safetensors.torch import save
     weights = {k: v.contiguous() for k, v in G.state_dict().items()}
-    cyclegan.save_file(save(weights, translate.build_of(G)), out)
-    print(f"wrote {out}: the weights of a generator ({translate.build_of(G)})")
+    cyclegan.save_file(save(weights, generators.build_of(G)), out)
+    print(f"wrote {out}: the weights of a generator ({generators.build_of(G)})")
 
 def export_generator(G, multiple, out):
     """G as out (.pt2 or .onnx), its batch, height and width free."""
@@ -135,15 +134,15 @@ def main(argv=None):
     if kind not in ('', '.safetensors', '.pt2', '.onnx') or not args.out.strip():
         sys.exit(f"error: --out {args.out!r}: give G.safetensors, G.pt2, G.onnx, or a folder "
                  f"(no extension) for the official latest_net_*.pth files")
-    obj = None  # (a .safetensors generator: translate.load_generator reads it)
+    obj = None  # (a .safetensors generator: generators.load_generator reads it)
     if not args.ckpt.lower().endswith('.safetensors'):
         obj = cyclegan.load_file(args.ckpt)  # weights only
-    script = translate.ours(obj)
+    script = generators.ours(obj)
     if kind == '' and script is None:
         sys.exit(f"error: {args.ckpt} holds a generator, not a checkpoint of cyclegan.py or "
                  f"pixelgan.py: the official files come from a checkpoint")
     if kind == '':
-        export_official(script, script.check_checkpoint(obj, args.ckpt, script.SCRIPT),
+        export_official(script, script.check_checkpoint(obj, args.ckpt),
                         args.ckpt, args.out)
         return
     check_new(args.out)  # before the export's minutes: a bad --out is one line now
@@ -155,7 +154,7 @@ def main(argv=None):
     except ImportError:
         sys.exit(f"error: a {kind} export needs its package: pip install "
                  f"{'onnx onnxscript' if kind == '.onnx' else 'safetensors'}")
-    G, multiple = translate.load_generator(args.ckpt, args.direction, obj)
+    G, multiple = generators.load_generator(args.ckpt, args.direction, obj)
     if kind == '.safetensors':
         export_safetensors(G.eval(), args.out)
     else:

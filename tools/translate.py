@@ -1,142 +1,26 @@
-"""Translate images with a generator of cyclegan.py, pixelgan.py or the official code.
+"""Translate images with a trained generator, at their own size or at the training scale.
+
+The generator: a checkpoint of cyclegan.py or pixelgan.py, an official generator .pth, or a
+.safetensors file (tools/generators.py reads them all).
 
     python tools/translate.py --ckpt out/cyclegan/ckpt.pt photos/
     python tools/translate.py --ckpt latest_net_G_A.pth --results_dir results/h2z photo.jpg
     python tools/translate.py --ckpt G.safetensors --load_size 286 photos/   # at the trained scale
 
-The generator: a checkpoint of either script, an official generator .pth (ResNet or U-Net, any
-norm, built as its keys and shapes say), or a .safetensors file of either (pip install
-safetensors). Each image under the path goes through the generator in eval mode (--test_train_mode:
-in train mode, as the official test script and the pix2pix paper run it) into an 8-bit PNG of the
-same relative name and size under --results_dir. --load_size N first resizes it as training did
-(the shorter side to N; the width for scale_width models), and the output back to its size;
-without it the generator sees the native size (padded to what it needs, cropped back). Images of
-one size go through --batch_size at a time. An existing file is never replaced: a rerun (after
-Ctrl-C, or a broken image removed) keeps the outputs that are newer than their inputs and writes
-the rest.
+Each image goes through the generator in eval mode (--test_train_mode: train mode, as the pix2pix
+paper tests) into an 8-bit PNG of the same relative name and size under --results_dir: at its
+native size (padded to what the generator needs, cropped back), or with --load_size N resized as
+training did and the output resized back. A rerun (after Ctrl-C or a broken image) keeps the
+outputs newer than their inputs and writes the rest; no existing file is replaced.
 """
-import argparse, collections, io, os, re, sys, time
+import argparse, collections, io, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
-import cyclegan, data, pixelgan
-
-def load_weights(net, sd, path):
-    """net.load_state_dict(sd), less the running statistics that old official files carry under
-    InstanceNorm layers; weights that do not fit, or are not finite, are one line."""
-    expected = net.state_dict()
-    stale = ('running_mean', 'running_var', 'num_batches_tracked')
-    sd = {k: v for k, v in sd.items() if k in expected or not k.endswith(stale)}
-    found = {'missing': [k for k in expected if k not in sd],
-             'unexpected': [k for k in sd if k not in expected],
-             'of other shapes': [k for k in expected if k in sd
-                                 and getattr(sd[k], 'shape', None) != expected[k].shape]}
-    problems = [f"{what}: {', '.join(keys[:3])}" for what, keys in found.items() if keys]
-    if problems:
-        sys.exit(f"error: {path}: not the weights of this {type(net).__name__} "
-                 f"({'; '.join(problems)})")
-    net.load_state_dict(sd)
-    if not cyclegan.finite([net]):
-        sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
-    return net
-
-def official_norm(sd, first_conv):
-    """The norm a generator was trained with: batch norm has weights of its own; else the
-    convolutions have a bias only before instance norm (the official rule)."""
-    if any(v.ndim == 1 and k.endswith('.weight') for k, v in sd.items()):
-        return 'batch'
-    return 'instance' if first_conv + '.bias' in sd else 'none'
-
-def read_safetensors(path):
-    """A .safetensors file's tensors and metadata (export.py writes the generator's build there)."""
-    try:
-        from safetensors import safe_open
-    except ImportError:
-        sys.exit("error: a .safetensors file needs the package: pip install safetensors")
-    try:
-        with safe_open(path, 'pt') as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except Exception as e:
-        sys.exit(f"error: {path}: not a readable .safetensors file ({cyclegan.first_line(e)})")
-
-def build_of(G):
-    """What rebuilds the generator G, as strings: the metadata of its .safetensors file."""
-    unet = isinstance(G, pixelgan.UnetGenerator)
-    convs = [p for p in G.parameters() if p.ndim == 4]
-    blocks = [m for m in G.modules() if isinstance(m, (pixelgan.UnetBlock, cyclegan.ResnetBlock))]
-    build = dict(architecture='resnet', depth=len(blocks), in_channels=convs[0].shape[1],
-                 out_channels=convs[-1].shape[0], ngf=convs[0].shape[0],
-                 norm=official_norm(G.state_dict(), 'model.1'),
-                 dropout=any(isinstance(m, nn.Dropout) for m in G.modules()))
-    if unet:  # (the last weight is a transposed convolution's: input, output channels)
-        build.update(architecture='unet', out_channels=convs[-1].shape[1],
-                     norm=official_norm(G.state_dict(), 'model.model.0'))
-    return {k: str(v) for k, v in build.items()}
-
-def ours(obj):
-    """The script whose checkpoint obj is, or None (an official file, or a bare state_dict)."""
-    script = isinstance(obj, dict) and obj.get('script')
-    return {'cyclegan': cyclegan, 'pixelgan': pixelgan}.get(script if script else None)
-
-def load_generator(path, direction=None, obj=None):
-    """The generator in path and the multiple its input sides need. Our checkpoints: pixelgan's G;
-    cyclegan's G_A for the direction it trained (and direction None), G_B for the other. Official
-    files and .safetensors: built as their keys and shapes say (dropout: as the metadata says).
-    obj: the file's contents, if already loaded."""
-    meta, dropout = {}, True  # (U-Net: the official default; in eval mode it changes nothing)
-    if obj is None and path.lower().endswith('.safetensors'):
-        obj, meta = read_safetensors(path)
-        dropout = meta.get('dropout') == 'True'
-    elif obj is None:
-        obj = cyclegan.load_file(path)
-    script = ours(obj)
-    if script is not None:
-        args = script.check_checkpoint(obj, path, script.SCRIPT)['args']
-        dropout = not args.get('no_dropout', True)
-    if script is pixelgan and direction not in (None, args['direction']):
-        sys.exit(f"error: --direction {direction}: {path} is a pixelgan checkpoint, which "
-                 f"translates {args['direction']} only; drop --direction")
-    if script is not None:
-        trained = args['direction']
-        obj = obj['G' if script is pixelgan else 'G_A' if direction in (None, trained) else 'G_B']
-    elif direction is not None:
-        sys.exit(f"error: --direction {direction}: {path} holds one generator; drop --direction")
-    sd = {re.sub(r'^module\.', '', k): v for k, v in obj.items()} if isinstance(obj, dict) else {}
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        sys.exit(f"error: {path}: not a generator state_dict (it holds more than tensors)")
-    G, multiple = build_generator(sd, path, dropout)
-    if meta and {k: meta.get(k) for k in build_of(G)} != build_of(G):
-        sys.exit(f"error: {path}: its metadata {meta} does not match its weights, those of "
-                 f"{build_of(G)}; the file is damaged")
-    return G, multiple
-
-def build_generator(sd, path, dropout):
-    """The generator a state_dict in the official layout holds, and the multiple its sides need."""
-    if 'model.model.0.weight' in sd:  # a U-Net: its depth is how deep its blocks nest
-        num_downs = max(k.split('.').count('model') for k in sd) - 1
-        first = sd['model.model.0.weight']
-        out_nc = getattr(sd.get('model.model.3.weight'), 'shape', [0, 3])[1]  # ConvTranspose
-        if not 5 <= num_downs <= 12:
-            sys.exit(f"error: {path}: a U-Net of {num_downs} levels; the official ones have 7 or 8")
-        norm = official_norm(sd, 'model.model.0')
-        G = pixelgan.UnetGenerator(first.shape[1], out_nc, num_downs, first.shape[0], norm,
-                                   dropout=dropout)
-        return load_weights(G, sd, path), 2 ** num_downs
-    w = sd.get('model.1.weight')
-    if w is None or w.ndim != 4 or w.shape[-1] != 7:
-        kind = 'not a generator state_dict'
-        if 'model.0.weight' in sd or 'net.0.weight' in sd:
-            kind = 'a discriminator'
-        sys.exit(f"error: {path}: {kind}; give a generator (ResNet or U-Net)")
-    n_blocks = len({k.split('.')[1] for k in sd if 'conv_block' in k})
-    dropout = getattr(sd.get('model.10.conv_block.6.weight'), 'ndim', 0) == 4  # a conv there
-    out_nc = getattr(sd.get(f"model.{n_blocks + 17}.weight"), 'shape', [3])[0]  # the last conv
-    norm = official_norm(sd, 'model.1')
-    G = cyclegan.ResnetGenerator(w.shape[1], out_nc, w.shape[0], norm, n_blocks, dropout=dropout)
-    return load_weights(G, sd, path), 4
+import cyclegan, data
+from tools import generators
 
 def run_generator(G, x, multiple):
     """G on images of any size: padded to a multiple, and to at least 8 pixels (the ResNet's
@@ -195,17 +79,19 @@ def translate(path, ckpt, results_dir, direction=None, train_mode=False, device=
     """Each image under path into results_dir; returns the outputs written and those kept."""
     device = cyclegan.pick_device(device)
     obj = cyclegan.load_file(ckpt) if not ckpt.lower().endswith('.safetensors') else None
-    G, multiple = load_generator(ckpt, direction, obj)
+    G, multiple = generators.load_generator(ckpt, direction, obj)
     G.train(train_mode).to(device)
     channels = next(p for p in G.parameters() if p.ndim == 4).shape[1]  # its first conv's
     if channels not in (1, 3):
         sys.exit(f"error: {ckpt}: a generator of {channels}-channel images; images are read as 1 "
                  f"(grayscale) or 3 (RGB) channels")
-    by_width = ours(obj) is not None and obj['args']['preprocess'].startswith('scale_width')
-    if ours(obj) is not None and load_size is None:
-        print(f"note: {ckpt} was trained on images resized to {obj['args']['load_size']} "
-              f"(--preprocess {obj['args']['preprocess']}); --load_size "
-              f"{obj['args']['load_size']} translates at that scale", file=sys.stderr)
+    trained = obj['args'] if generators.ours(obj) is not None else None  # our checkpoint's args
+    by_width = trained is not None and trained['preprocess'].startswith('scale_width')
+    if trained is not None and load_size is None:
+        size = trained['load_size']
+        print(f"note: {ckpt} was trained on images resized to {size} (--preprocess "
+              f"{trained['preprocess']}); --load_size {size} translates at that scale",
+              file=sys.stderr)
     paths, outs = outputs(path, results_dir)
     kept = [out for src, out in zip(paths, outs)
             if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src)]
@@ -228,7 +114,12 @@ def translate(path, ckpt, results_dir, direction=None, train_mode=False, device=
         print(f"kept {len(kept)} image(s) translated before; translating {len(todo)}")
     pending, done, t0, t_shown = [], 0, time.time(), time.time()
     for src, out in todo:
-        img = data.load_image(src, channels)
+        try:
+            img = data.load_image(src, channels)
+        except data.DataError as e:  # a broken image: the ones read before it are written first
+            if pending:
+                write_batch(G, multiple, pending, device, autocast, one_by_one)
+            sys.exit(f"error: {e}; a rerun keeps what was translated")
         size = img.size
         if load_size is not None:
             img = img.resize(scaled(size, load_size, by_width), Image.BICUBIC)
@@ -282,8 +173,8 @@ def main(argv=None):
         outs, kept = translate(args.path, args.ckpt, args.results_dir, args.direction,
                                args.test_train_mode, args.device, args.load_size,
                                args.batch_size, args.dtype)
-    except data.DataError as e:
-        sys.exit(f"error: {e}; a rerun keeps what was translated")
+    except data.DataError as e:  # (the folder's)
+        sys.exit(f"error: {e}")
     print(f"translated {len(outs) - len(kept)} image(s) into {args.results_dir}")
 
 if __name__ == '__main__':
