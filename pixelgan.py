@@ -327,7 +327,7 @@ def setup(args):  # device, process group (torchrun: a GPU per process), seeds, 
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return rank, world, device, autocast, scaler
 
-def first_line(e):  # an exception's message in one line (torch's lists of keys too)
+def in_one_line(e):  # an exception's message in one line (torch's lists of keys too)
     return (' '.join(str(e).split()) or type(e).__name__)[:240]
 
 def save_file(obj, path, replace=False):
@@ -351,7 +351,7 @@ def save_file(obj, path, replace=False):
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # (torch.save's writer hides the OSError beneath)
         reason = e.__context__ if isinstance(e.__context__, OSError) else e
-        sys.exit(f"error: could not write {path} ({first_line(reason)}); nothing was replaced")
+        sys.exit(f"error: could not write {path} ({in_one_line(reason)}); nothing was replaced")
     finally:
         if tmp is not None and os.path.lexists(tmp):
             os.remove(tmp)
@@ -360,7 +360,7 @@ def load_file(path):  # weights only: a file whose unpickling would run code is 
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        reason = first_line(e)
+        reason = in_one_line(e)
         sys.exit(f"error: {path}: not a loadable weights file, or it would run code ({reason})")
 
 def check_checkpoint(obj, path):
@@ -425,7 +425,7 @@ def restore_run(ckpt, checkpointed, path, device, rank):  # what save_run wrote:
         if device.type != 'cpu' and device.type in state:
             getattr(torch, device.type).set_rng_state(state[device.type])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-        sys.exit(f"error: {path}: its {name} does not load ({first_line(e)})")
+        sys.exit(f"error: {path}: its {name} does not load ({in_one_line(e)})")
     if not finite([checkpointed[name] for name in NETWORKS]):
         sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")
     return ckpt['step'], ckpt['best_fid']
@@ -530,8 +530,6 @@ STOP_REQUESTS = []  # Ctrl-C and SIGTERM as they come: the loop finishes its ite
 
 def request_stop(signum, frame):
     STOP_REQUESTS.append(signum)
-    if hasattr(signal, 'SIGCHLD'):  # loader workers get SIGTERM too (timeout, Slurm, systemd send
-        signal.signal(signal.SIGCHLD, request_stop)  # it to all): their end is part of the stop
 
 def next_batch(batches):
     """The next batch (None: the epoch ended) and whether all stop (a signal came to any)."""
@@ -607,11 +605,13 @@ def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the tw
     iters = len(loader)  # per epoch, per process
     total = (args.n_epochs + args.n_epochs_decay) * iters
     total = min(total, math.inf if args.max_iters is None else args.max_iters)
-
+    stops = [signal.SIGINT, signal.SIGTERM]  # held as the workers start, in them for good (POSIX:
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # this process alone stops them), then handled
+    batches = data.start_epoch(loader, step, iters)
     STOP_REQUESTS.clear()
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    batches = data.start_epoch(loader, step, iters)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     start = step  # (the checkpoint holds it)
     t0 = time.time()
     t_last, step_last = t0, step

@@ -46,12 +46,12 @@ def check_weights(script, ckpt, path):
     try:
         nets = script.build_model(argparse.Namespace(**ckpt['args']), torch.device('cpu'))[0]
     except (TypeError, KeyError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {path}: its args do not build the networks ({cyclegan.first_line(e)})")
+        sys.exit(f"error: {path}: its args do not build the networks ({cyclegan.in_one_line(e)})")
     for name, net in nets.items():
         try:
             net.load_state_dict(ckpt[name])
         except (TypeError, AttributeError, RuntimeError, KeyError) as e:  # not these weights
-            reason = cyclegan.first_line(e)
+            reason = cyclegan.in_one_line(e)
             sys.exit(f"error: {path}: {name} does not load ({reason}); the checkpoint is damaged")
     if not cyclegan.finite(nets.values()):
         sys.exit(f"error: {path}: its weights are NaN or infinite; it is damaged")

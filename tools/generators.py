@@ -45,7 +45,7 @@ def read_safetensors(path):
         with safe_open(path, 'pt') as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except Exception as e:
-        sys.exit(f"error: {path}: not a readable .safetensors file ({cyclegan.first_line(e)})")
+        sys.exit(f"error: {path}: not a readable .safetensors file ({cyclegan.in_one_line(e)})")
 
 def build_of(G):
     """What rebuilds the generator G, as strings: the metadata of its .safetensors file."""

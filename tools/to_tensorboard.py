@@ -24,7 +24,7 @@ def read_records(log):
         try:  # (a line cut short, or not UTF-8: json.loads decodes the bytes)
             record = json.loads(line)
         except ValueError as e:
-            sys.exit(f"error: {log}: line {number} is damaged ({cyclegan.first_line(e)}); "
+            sys.exit(f"error: {log}: line {number} is damaged ({cyclegan.in_one_line(e)}); "
                      f"nothing was written")
         if not isinstance(record, dict) or type(record.get('step')) is not int:
             sys.exit(f"error: {log}: line {number} is damaged (a record without a step); "
