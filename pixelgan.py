@@ -431,14 +431,14 @@ def restore_run(ckpt, checkpointed, path, device, rank):  # what save_run wrote:
     return ckpt['step'], ckpt['best_fid']
 
 def open_log(out_dir, resuming):
-    """log.jsonl, locked (POSIX flock) till the process ends: one run per out_dir; new if new."""
+    """log.jsonl, locked till the process ends (lockf: not by its workers); one run per out_dir."""
     log_path = os.path.join(out_dir, 'log.jsonl')
     try:
         os.makedirs(out_dir, exist_ok=True)
         f = open(log_path, 'a', buffering=1)  # a line at a time
         if os.name == 'posix':  # (Windows has no such lock)
             import fcntl
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         sys.exit(f"error: --out_dir {out_dir}: another run is writing there; give another one")
     except OSError as e:
@@ -530,6 +530,8 @@ STOP_REQUESTS = []  # Ctrl-C and SIGTERM as they come: the loop finishes its ite
 
 def request_stop(signum, frame):
     STOP_REQUESTS.append(signum)
+    if hasattr(signal, 'SIGCHLD'):  # loader workers get SIGTERM too (timeout, Slurm, systemd send
+        signal.signal(signal.SIGCHLD, request_stop)  # it to all): their end is part of the stop
 
 def next_batch(batches):
     """The next batch (None: the epoch ended) and whether all stop (a signal came to any)."""
@@ -605,13 +607,10 @@ def train(args, given):  # trains pix2pix / PixelGAN as args say; returns the tw
     iters = len(loader)  # per epoch, per process
     total = (args.n_epochs + args.n_epochs_decay) * iters
     total = min(total, math.inf if args.max_iters is None else args.max_iters)
-    stops = [signal.SIGINT, signal.SIGTERM]  # held as the workers start, in them for good (POSIX:
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # this process alone stops them), then handled
-    batches = data.start_epoch(loader, step, iters)
+    batches = data.start_epoch(loader, step, iters)  # (first: a stop replaces its SIGCHLD handler)
     STOP_REQUESTS.clear()
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     start = step  # (the checkpoint holds it)
     t0 = time.time()
     t_last, step_last = t0, step
