@@ -1879,15 +1879,17 @@ def broken_inception(tmp_path, name, change):
     torch.save(weights, tmp_path / name)
     return tmp_path / name
 
+def negative_variance(weights):  # an Inception whose features are NaN
+    weights['Mixed_7c.branch_pool.bn.running_var'].fill_(-1)
+
+def no_convolutions(weights):  # an Inception whose features do not depend on the image
+    for k in weights:
+        if k.endswith('conv.weight'):
+            weights[k].zero_()
+
 def test_a_feature_network_that_gives_no_features_fails_at_start(tmp_path):
     """Tried on two different images as it loads: NaN features (a negative variance makes them)
     and features that do not depend on the image are each one line, before any training."""
-    def negative_variance(weights):
-        weights['Mixed_7c.branch_pool.bn.running_var'].fill_(-1)
-    def no_convolutions(weights):
-        for k in weights:
-            if k.endswith('conv.weight'):
-                weights[k].zero_()
     nan = broken_inception(tmp_path, 'nan.pth', negative_variance)
     constant = broken_inception(tmp_path, 'constant.pth', no_convolutions)
     save_image(str(tmp_path / 'images' / 'a.png'))
@@ -2038,14 +2040,6 @@ def test_evaluate_checks_the_flags_as_the_script_does(tiny_runs, which, flags, s
     assert says in one_line(p)
 
 def test_cyclegan_with_a_feature_network_that_gives_no_features_fails_at_start(tmp_path):
-    def negative_variance(weights):
-        weights['Mixed_7c.branch_pool.bn.running_var'].fill_(-1)
-
-    def no_convolutions(weights):
-        for k in weights:
-            if k.endswith('conv.weight'):
-                weights[k].zero_()
-
     nan = broken_inception(tmp_path, 'nan.pth', negative_variance)
     constant = broken_inception(tmp_path, 'constant.pth', no_convolutions)
     for path, says in [(nan, 'its features are not finite'),
